@@ -1,0 +1,1 @@
+"""Adapter for networks trained by `entropy-probe train` (added with the trainer)."""

@@ -1,0 +1,76 @@
+"""Figures of measurements (matplotlib, Agg backend, no global style changes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+
+def _figure(ncols: int, width: float = 5.2, height: float = 4.0):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = figure.subplots(1, ncols, squeeze=False)[0]
+    return figure, axes
+
+
+def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
+    """Save a figure through a temporary file and a rename."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=directory)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _band(ax, t, mean, stderr, label, **style):
+    line = ax.plot(t, mean, label=label, **style)[0]
+    ax.fill_between(t, mean - 2 * stderr, mean + 2 * stderr, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def plot_measurement(dataset: xr.Dataset, path: str | Path) -> Path:
+    """Rate curves Ṡ(t) on log axes (left) and the cumulative entropy (right)."""
+    figure, (rates, cumulative) = _figure(2)
+    t = dataset["t"].values
+    _band(rates, t, dataset["s_nn_rate"].values, dataset["s_nn_rate_stderr"].values, "Ṡ_NN (network)")
+    cumulative.plot(t, dataset["s_nn_cumulative"].values, label="S_NN from t_min to t")
+    if "s_tot_rate" in dataset:
+        _band(rates, t, dataset["s_tot_rate"].values, dataset["s_tot_rate_stderr"].values, "Ṡ_tot (exact)", linestyle="--")
+        cumulative.plot(t, dataset["s_tot_cumulative"].values, linestyle="--", label="S_tot from t_min to t")
+    rates.set_xscale("log")
+    positive = dataset["s_nn_rate"].values > 0
+    if positive.all():
+        rates.set_yscale("log")
+    rates.set_xlabel("diffusion time t (0 = data)")
+    rates.set_ylabel("entropy rate [nats per unit time]")
+    rates.legend(loc="best")
+    rates.grid(True, which="both", alpha=0.3)
+    cumulative.set_xscale("log")
+    cumulative.set_xlabel("diffusion time t (0 = data)")
+    cumulative.set_ylabel("cumulative entropy [nats]")
+    cumulative.legend(loc="best")
+    cumulative.grid(True, which="both", alpha=0.3)
+    attrs = dataset.attrs
+    s_nn = float(dataset["s_nn"])
+    s_nn_se = float(dataset["s_nn_stderr"])
+    title = f"{attrs.get('checkpoint', '')}  under {attrs.get('process', '')}\nS_NN = {s_nn:.4g} ± {s_nn_se:.2g} nats"
+    if "s_tot" in dataset:
+        title += f",  S_tot = {float(dataset['s_tot']):.4g} nats"
+    figure.suptitle(title, fontsize=10)
+    return save_figure(figure, path)
+
+
+def rate_curve_arrays(dataset: xr.Dataset, name: str = "s_nn") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """t, rate and stderr of a rate variable."""
+    return dataset["t"].values, dataset[f"{name}_rate"].values, dataset[f"{name}_rate_stderr"].values

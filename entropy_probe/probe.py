@@ -1,0 +1,380 @@
+"""The probe: neural entropy, cross term, bounds and their standard errors for one model.
+
+`measure` estimates the rates on a grid of times (see `estimators`), integrates them
+(see `quadrature`), adds the closed-form terms (see `quantities`) and returns an xarray
+Dataset with units and provenance. All sums are float64.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import __version__
+from .data import DataSource
+from .denoiser import Denoiser
+from .draws import STREAM_TERMINAL, Draws
+from .errors import DataError, SpecError
+from .estimators import GridEstimator, NodeSums
+from .field import Coefficients, EntropyMatchingField
+from .processes import Process
+from .quadrature import Grid, make_grid
+from .quantities import ce_constant_term, diffusion_integral, gelbrich_w2, mean_square_at, prior_for
+from .results import NATS, RATE
+
+logger = logging.getLogger(__name__)
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class MeasureSettings:
+    """Options of one measurement; defaults are those of `entropy-probe measure`."""
+
+    t_min: Optional[float] = None
+    t_max: Optional[float] = None
+    samples: int = 256
+    nodes: int = 65
+    seed: int = 0
+    rule: str = "simpson"
+    batch_size: int = 256
+    #: Draws at t_min and T for the entropy and KL terms that need the reference's density.
+    reference_samples: int = 4096
+    device: str = "cpu"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.samples < 2:
+            raise SpecError(f"invalid number of samples {self.samples}; it must be >= 2 (for example --samples 256)")
+        if self.nodes < 2:
+            raise SpecError(f"invalid number of nodes {self.nodes}; it must be >= 2 (for example --nodes 65)")
+        if self.batch_size < 1:
+            raise SpecError(f"invalid batch size {self.batch_size}; it must be >= 1")
+        if self.reference_samples < 2:
+            raise SpecError(f"invalid number of reference samples {self.reference_samples}; it must be >= 2")
+
+
+def resolve_time_range(process: Process, settings: MeasureSettings) -> tuple[float, float]:
+    t_min = process.default_t_min if settings.t_min is None else float(settings.t_min)
+    t_max = process.default_t_max if settings.t_max is None else float(settings.t_max)
+    process.check_time_range(t_min, t_max)
+    return t_min, t_max
+
+
+def check_compatible(model: Denoiser, data: DataSource, reference: Optional[Denoiser]) -> None:
+    """Raise DataError when data, model and reference disagree on shape or labels."""
+    if tuple(data.shape) != tuple(model.data_shape):
+        raise DataError(
+            f"data {data.spec!r} has items of shape {tuple(data.shape)}, but the model expects "
+            f"{tuple(model.data_shape)}; choose data of the model's shape with --data"
+        )
+    if reference is not None and tuple(reference.data_shape) != tuple(data.shape):
+        raise DataError(
+            f"reference has items of shape {tuple(reference.data_shape)}, but the data has "
+            f"{tuple(data.shape)}; give a reference oracle of the data's law"
+        )
+    if model.num_classes is not None and data.num_classes is None:
+        raise DataError(f"the model is class-conditional, but data {data.spec!r} has no labels; give labelled data")
+
+
+def measure(
+    model: Denoiser,
+    process: Process,
+    data: DataSource,
+    settings: MeasureSettings,
+    reference: Optional[Denoiser] = None,
+    provenance: Optional[dict[str, Any]] = None,
+    progress_factory: Optional[Callable] = None,
+    sums: Optional[NodeSums] = None,
+    first_item: int = 0,
+    on_batch: Optional[Callable[[NodeSums, int], None]] = None,
+) -> xr.Dataset:
+    """Estimate S_NN and the bounds of `model` under `process` on `data`.
+
+    `reference`, an oracle with the exact law of the data, adds S_tot, the score error and the
+    KL bound. `sums`, `first_item` and `on_batch` let a caller resume an interrupted run.
+    """
+    settings.validate()
+    t_min, t_max = resolve_time_range(process, settings)
+    check_compatible(model, data, reference)
+    grid = make_grid(process, t_min, t_max, settings.nodes, settings.rule)
+    sigma_low = float(process.sigma_tilde(t_min))
+    sigma_high = float(process.sigma_tilde(t_max))
+    model.check_sigma_range(sigma_low, sigma_high)
+
+    started = time.perf_counter()
+    draws = Draws(data, settings.seed)
+    field = EntropyMatchingField(model, process)
+    ref_field = EntropyMatchingField(reference, process) if reference is not None else None
+    estimator = GridEstimator(grid, settings.samples, draws, settings.batch_size, settings.device)
+    model.to(settings.device)
+    if reference is not None:
+        reference.to(settings.device)
+    evaluations_before = model.evaluations
+    progress = None
+    if settings.progress and progress_factory is not None:
+        total = len(estimator.batches(first_item))
+        progress = lambda it: progress_factory(it, total=total, desc="measure", unit="batch")  # noqa: E731
+    sums = estimator.run(field, ref_field, sums=sums, first_item=first_item, on_batch=on_batch, progress=progress)
+    elapsed = time.perf_counter() - started
+
+    dataset = build_dataset(grid, sums, process, data, reference, settings)
+    terminal = _reference_terms(process, data, reference, t_min, t_max, settings) if reference is not None else {}
+    _add_reference_scalars(dataset, terminal)
+    dataset.attrs.update(
+        _provenance(process, data, settings, grid, model, reference, provenance or {}, elapsed, model.evaluations - evaluations_before, sums)
+    )
+    return dataset
+
+
+# --- assembling the Dataset ----------------------------------------------------------------
+
+def _scalar(value: float, units: str, long_name: str, **attrs: Any) -> xr.DataArray:
+    return xr.DataArray(float(value), attrs={"units": units, "long_name": long_name, **attrs})
+
+
+def build_dataset(
+    grid: Grid,
+    sums: NodeSums,
+    process: Process,
+    data: DataSource,
+    reference: Optional[Denoiser],
+    settings: MeasureSettings,
+) -> xr.Dataset:
+    """Integrate the node sums and add the closed-form terms."""
+    t = grid.t
+    dim = data.dim
+    m2 = data.second_moment()
+    t_min, t_max = grid.t_min, grid.t_max
+
+    coords = {"t": ("t", t, {"units": "1", "long_name": "diffusion time (0 = data)"})}
+    variables: dict[str, xr.DataArray] = {}
+
+    def node_var(values, units, long_name, **attrs):
+        return xr.DataArray(values, dims=("t",), attrs={"units": units, "long_name": long_name, **attrs})
+
+    variables["sigma_tilde"] = node_var(process.sigma_tilde(t), "data units", "noise level σ/α at the node")
+    variables["log_snr"] = node_var(process.log_snr(t), "1", "log signal-to-noise ratio log(α²/σ²)")
+    variables["alpha"] = node_var(process.alpha(t), "1", "signal scale α(t)")
+    variables["sigma"] = node_var(process.sigma(t), "data units", "noise scale σ(t)")
+    variables["g2"] = node_var(process.g2(t), "data units² per unit time", "squared diffusion coefficient g(t)²")
+    variables["quadrature_weight"] = node_var(grid.weights, "1", f"weight of the node in the {grid.rule} rule over t")
+    variables["samples_per_node"] = node_var(sums.count, "1", "Monte Carlo samples at the node")
+
+    def add_rate(prefix: str, quantity: str, long_name: str) -> tuple[float, float]:
+        mean = sums.mean(quantity)
+        var = sums.variance_of_mean(quantity)
+        variables[f"{prefix}_rate"] = node_var(mean, RATE, long_name)
+        variables[f"{prefix}_rate_stderr"] = node_var(np.sqrt(var), RATE, f"standard error of {prefix}_rate")
+        variables[f"{prefix}_cumulative"] = node_var(
+            grid.cumulative @ mean, NATS, f"integral of {prefix}_rate from t_min to t"
+        )
+        return float(grid.integrate(mean)), float(math.sqrt(grid.integrate_variance(var)))
+
+    s_nn, s_nn_se = add_rate("s_nn", "nn", "neural entropy rate (g²/2) E|e_θ|²")
+    cross, cross_se = add_rate("cross_term", "cross", "cross-term rate (g²/2) E[e_θ · s_c]")
+    loss, loss_se = add_rate("denoising_loss", "loss", "denoising loss rate (g²/2) E|e_θ − s_c|²")
+
+    variables["s_nn"] = _scalar(s_nn, NATS, "neural entropy S_NN")
+    variables["s_nn_stderr"] = _scalar(s_nn_se, NATS, "Monte Carlo standard error of s_nn")
+    variables["s_nn_bits"] = _scalar(s_nn / LN2, "bits", "neural entropy S_NN in bits")
+    variables["s_nn_per_dim"] = _scalar(s_nn / dim, "nats per dimension", "neural entropy per data dimension")
+    variables["cross_term"] = _scalar(cross, NATS, "cross term C = ∫ (g²/2) E[e_θ · s_c] dt")
+    variables["cross_term_stderr"] = _scalar(cross_se, NATS, "Monte Carlo standard error of cross_term")
+    variables["denoising_loss"] = _scalar(loss, NATS, "L = ∫ (g²/2) E|e_θ − s_c|² dt")
+    variables["denoising_loss_stderr"] = _scalar(loss_se, NATS, "Monte Carlo standard error of denoising_loss")
+
+    # Cross-entropy bound: deterministic terms plus the estimated denoising loss.
+    prior = prior_for(process, t_max, dim, m2)
+    prior_nll = prior.expected_nll(dim, mean_square_at(process, t_max, dim, m2))
+    constant = ce_constant_term(process, t_min, t_max, dim)
+    ce = prior_nll + constant + loss
+    step = data.quantization_step
+    offset = -math.log2(step) if step else 0.0
+    variables["ce_prior_term"] = _scalar(prior_nll, NATS, "E[−log π(x_T)]", prior=prior.kind, prior_variance=prior.variance)
+    variables["ce_constant_term"] = _scalar(constant, NATS, "−d Δlog α − (d/2) Δλ over [t_min, T]")
+    variables["ce_bound"] = _scalar(ce, NATS, "upper bound on the cross-entropy H(p_{t_min}, q_θ)")
+    variables["ce_bound_stderr"] = _scalar(loss_se, NATS, "Monte Carlo standard error of ce_bound")
+    variables["ce_bound_bits"] = _scalar(ce / LN2, "bits", "ce_bound in bits (continuous density)")
+    variables["ce_bound_bpd"] = _scalar(
+        ce / (dim * LN2) + offset,
+        "bits/dim",
+        "ce_bound per dimension in bits, for the quantised data when quantization_step is set",
+        quantization_step=step if step else 0.0,
+        quantization_offset_bits=offset,
+        quantization_convention=(
+            f"bits/dim of the discrete data = continuous bits/dim − log2(Δ) with Δ = {step:g}"
+            if step
+            else "continuous data: no quantisation offset"
+        ),
+    )
+    variables["ce_bound_bpd_stderr"] = _scalar(loss_se / (dim * LN2), "bits/dim", "Monte Carlo standard error of ce_bound_bpd")
+
+    # Thermodynamic length ℓ = ∫ sqrt((g²/2) Ṡ) dt and the speed-limit bound on S_tot.
+    half_g2 = 0.5 * process.g2(t)
+    length, length_se = _length(grid, half_g2, sums.mean("nn"), sums.variance_of_mean("nn"))
+    diffusion = diffusion_integral(process, t_min, t_max)
+    w2 = gelbrich_w2(process, t_min, t_max, data.mean(), data.covariance_eigenvalues())
+    variables["thermo_length"] = _scalar(length, "data units", "thermodynamic length ∫ sqrt((g²/2) Ṡ_NN) dt")
+    variables["thermo_length_stderr"] = _scalar(length_se, "data units", "standard error of thermo_length (delta method)")
+    variables["w2"] = _scalar(
+        w2, "data units", "lower bound on W2(p_{t_min}, p_T) from data moments (Gelbrich; exact for Gaussian data)"
+    )
+    variables["diffusion_integral"] = _scalar(diffusion, "data units²", "∫ (g²/2) dt over [t_min, T]")
+    variables["speed_limit_bound"] = _scalar(w2 * w2 / diffusion, NATS, "lower bound W2² / ∫ (g²/2) dt on S_tot")
+    variables["data_second_moment"] = _scalar(m2, "data units²", "E|x_0|² summed over dimensions")
+
+    if "tot" in sums.quantities:
+        s_tot, s_tot_se = add_rate("s_tot", "tot", "entropy production rate (g²/2) E|s*|²")
+        err, err_se = add_rate("score_error", "err", "score error rate (g²/2) E|e_θ − s*|²")
+        tot_length, tot_length_se = _length(grid, half_g2, sums.mean("tot"), sums.variance_of_mean("tot"))
+        variables["s_tot"] = _scalar(s_tot, NATS, "total entropy production S_tot")
+        variables["s_tot_stderr"] = _scalar(s_tot_se, NATS, "Monte Carlo standard error of s_tot")
+        variables["score_error"] = _scalar(err, NATS, "score error ∫ (g²/2) E|e_θ − s*|² dt")
+        variables["score_error_stderr"] = _scalar(err_se, NATS, "Monte Carlo standard error of score_error")
+        variables["thermo_length_tot"] = _scalar(tot_length, "data units", "thermodynamic length ∫ sqrt((g²/2) Ṡ_tot) dt")
+        variables["thermo_length_tot_stderr"] = _scalar(tot_length_se, "data units", "standard error of thermo_length_tot")
+
+    return xr.Dataset(variables, coords=coords)
+
+
+def _length(grid: Grid, half_g2: np.ndarray, rate: np.ndarray, rate_var: np.ndarray) -> tuple[float, float]:
+    rate = np.clip(rate, 0.0, None)
+    integrand = np.sqrt(half_g2 * rate)
+    # d sqrt(a S)/dS = sqrt(a) / (2 sqrt(S)).
+    with np.errstate(divide="ignore", invalid="ignore"):
+        derivative = np.where(rate > 0, np.sqrt(half_g2) / (2.0 * np.sqrt(rate)), 0.0)
+    return float(grid.integrate(integrand)), float(math.sqrt(grid.integrate_variance(derivative**2 * rate_var)))
+
+
+def _reference_terms(process, data, reference, t_min, t_max, settings) -> dict[str, float]:
+    """H(p_{t_min}) and D_KL(p_T ‖ π) from the reference density (closed form for a Gaussian)."""
+    from .oracles import GaussianOracle
+
+    dim = data.dim
+    m2 = data.second_moment()
+    prior = prior_for(process, t_max, dim, m2)
+    prior_nll = prior.expected_nll(dim, mean_square_at(process, t_max, dim, m2))
+    results: dict[str, float] = {}
+    if isinstance(reference, GaussianOracle):
+        var0 = reference.std.numpy() ** 2
+        for name, t in (("entropy_t_min", t_min), ("entropy_t_max", t_max)):
+            v = float(process.alpha(t)) ** 2 * var0 + float(process.sigma2(t))
+            results[name] = float(0.5 * np.sum(np.log(2 * math.pi * math.e * v)))
+            results[name + "_stderr"] = 0.0
+    else:
+        draws = Draws(data, settings.seed)
+        for node, (name, t) in enumerate((("entropy_t_min", t_min), ("entropy_t_max", t_max))):
+            values = []
+            for start in range(0, settings.reference_samples, settings.batch_size):
+                stop = min(settings.reference_samples, start + settings.batch_size)
+                x0, _ = draws.data(STREAM_TERMINAL, node, start, stop)
+                noise = draws.noise(STREAM_TERMINAL, node, start, stop)
+                alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+                x_t = (alpha * x0 + sigma * noise).to(settings.device)
+                sigma_tilde = torch.full((x_t.shape[0],), sigma / alpha, dtype=torch.float64, device=x_t.device)
+                with torch.inference_mode():
+                    log_p = reference.log_prob(x_t / alpha, sigma_tilde) - dim * math.log(alpha)
+                values.append(-log_p.cpu().numpy())
+            values = np.concatenate(values)
+            results[name] = float(values.mean())
+            results[name + "_stderr"] = float(values.std(ddof=1) / math.sqrt(values.size))
+    results["kl_prior"] = prior_nll - results["entropy_t_max"]
+    results["kl_prior_stderr"] = results["entropy_t_max_stderr"]
+    return results
+
+
+def _add_reference_scalars(dataset: xr.Dataset, terms: dict[str, float]) -> None:
+    if not terms:
+        return
+    dataset["entropy_t_min"] = _scalar(terms["entropy_t_min"], NATS, "differential entropy H(p_{t_min}) of the data law")
+    dataset["entropy_t_min_stderr"] = _scalar(terms["entropy_t_min_stderr"], NATS, "standard error of entropy_t_min")
+    dataset["kl_prior"] = _scalar(terms["kl_prior"], NATS, "D_KL(p_T ‖ π)")
+    dataset["kl_prior_stderr"] = _scalar(terms["kl_prior_stderr"], NATS, "standard error of kl_prior")
+    err = float(dataset["score_error"])
+    err_se = float(dataset["score_error_stderr"])
+    dataset["kl_bound"] = _scalar(err + terms["kl_prior"], NATS, "upper bound score_error + D_KL(p_T ‖ π) on D_KL(p_{t_min} ‖ q_θ)")
+    dataset["kl_bound_stderr"] = _scalar(math.hypot(err_se, terms["kl_prior_stderr"]), NATS, "standard error of kl_bound")
+
+
+def _provenance(process, data, settings, grid, model, reference, extra, elapsed, evaluations, sums) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "title": "entropy-probe measurement",
+        "package": "entropy-probe",
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "process": process.spec,
+        "process_name": process.name,
+        "process_params": process.params,
+        "t_min": grid.t_min,
+        "t_max": grid.t_max,
+        "time_convention": "t = 0 is data, t = T is noise; entropies in nats",
+        "quadrature_rule": grid.rule,
+        "quadrature_variable": "t uniform" if grid.rule == "trapezoid-t" else "log σ̃ = log(σ/α)",
+        "nodes": grid.size,
+        "samples_per_node": settings.samples,
+        "samples_total": int(sums.count.sum()),
+        "seed": settings.seed,
+        "batch_size": settings.batch_size,
+        "device": settings.device,
+        "network_evaluations": int(evaluations) if evaluations else int(sums.count.sum()),
+        "wall_time_seconds": round(elapsed, 3),
+        "data": data.spec,
+        "data_dim": data.dim,
+        "data_shape": list(data.shape),
+        "data_size": len(data) if data.finite else "unlimited (fresh draws)",
+        "quantization_step": data.quantization_step if data.quantization_step else 0.0,
+        "pixel_range": list(data.pixel_range) if data.pixel_range else None,
+        "model_fingerprint": model.fingerprint,
+        "model_provenance": model.provenance,
+        "reference": reference.provenance if reference is not None else None,
+        "reference_fingerprint": reference.fingerprint if reference is not None else None,
+        "settings": asdict(settings),
+        "stderr_method": (
+            "independent draws per node; standard error of each node mean from the sample variance, "
+            "combined with the squared quadrature weights; quadrature error not included"
+        ),
+    }
+    attrs.update(extra)
+    return attrs
+
+
+def summarize(dataset: xr.Dataset) -> str:
+    """A one-screen text summary of a measurement."""
+
+    def value(name: str, fmt: str = ".4g") -> str:
+        v = float(dataset[name])
+        se = dataset.get(name + "_stderr")
+        return f"{v:{fmt}} ± {float(se):.2g}" if se is not None else f"{v:{fmt}}"
+
+    attrs = dataset.attrs
+    lines = [
+        f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
+        f"process   {attrs['process']}   t in [{attrs['t_min']:g}, {attrs['t_max']:g}]",
+        f"data      {attrs['data']}   (d = {attrs['data_dim']})",
+        f"estimate  {attrs['nodes']} nodes ({attrs['quadrature_rule']}) × {attrs['samples_per_node']} samples, "
+        f"seed {attrs['seed']}, {attrs['network_evaluations']} network evaluations, {attrs['wall_time_seconds']:.1f} s",
+        "",
+        f"S_NN               {value('s_nn')} nats  =  {float(dataset['s_nn_bits']):.4g} bits",
+        f"cross term C       {value('cross_term')} nats",
+        f"cross-entropy bound {value('ce_bound')} nats  =  {value('ce_bound_bpd', '.4f')} bits/dim",
+        f"thermodynamic length {value('thermo_length')}   speed-limit bound on S_tot {float(dataset['speed_limit_bound']):.4g} nats",
+    ]
+    if "s_tot" in dataset:
+        lines += [
+            f"S_tot (exact law)  {value('s_tot')} nats",
+            f"score error        {value('score_error')} nats",
+            f"KL bound           {value('kl_bound')} nats",
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,96 @@
+"""Result Datasets: units in attributes, provenance, atomic NetCDF files."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+
+from .errors import OutputError
+
+NATS = "nats"
+RATE = "nats per unit time"
+
+
+def clean_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Make attributes storable in NetCDF: dicts and lists become JSON, None and bools text."""
+    cleaned: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if value is None:
+            cleaned[key] = "none"
+        elif isinstance(value, bool):
+            cleaned[key] = "true" if value else "false"
+        elif isinstance(value, (dict, list, tuple)):
+            cleaned[key] = json.dumps(value, default=_json_value)
+        elif isinstance(value, (np.floating, np.integer)):
+            cleaned[key] = value.item()
+        elif isinstance(value, (Path, str)):
+            # str() also turns str subclasses such as torch.__version__ into plain text,
+            # which h5py cannot store otherwise.
+            cleaned[key] = str(value)
+        else:
+            cleaned[key] = value
+    return cleaned
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def check_output_path(path: str | Path, overwrite: bool) -> Path:
+    """Reject an existing output unless `overwrite`, and an output whose folder is missing."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"output {str(path)!r} exists already; choose another path or pass --overwrite")
+    if path.is_dir():
+        raise OutputError(f"output {str(path)!r} is a directory; give a file name such as result.nc")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable")
+    return path
+
+
+def write_dataset(dataset: xr.Dataset, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a Dataset as NetCDF (h5netcdf engine) through a temporary file and a rename."""
+    path = check_output_path(path, overwrite)
+    clean = dataset.copy()
+    clean.attrs = clean_attrs(dataset.attrs)
+    for name in list(clean.variables):
+        clean[name].attrs = clean_attrs(dataset[name].attrs)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        clean.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_dataset(path: str | Path) -> xr.Dataset:
+    """Load a result file fully into memory (the file is closed on return)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OutputError(f"result file {str(path)!r} not found")
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as dataset:
+            return dataset.load()
+    except (OSError, ValueError) as error:
+        raise OutputError(f"cannot read result file {str(path)!r}: {error}") from None
+
+
+def json_attr(dataset: xr.Dataset, key: str) -> Any:
+    """Decode an attribute stored as JSON text."""
+    return json.loads(dataset.attrs[key])
