@@ -70,7 +70,3 @@ def plot_measurement(dataset: xr.Dataset, path: str | Path) -> Path:
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
 
-
-def rate_curve_arrays(dataset: xr.Dataset, name: str = "s_nn") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """t, rate and stderr of a rate variable."""
-    return dataset["t"].values, dataset[f"{name}_rate"].values, dataset[f"{name}_rate_stderr"].values

@@ -25,7 +25,7 @@ from .denoiser import Denoiser
 from .draws import STREAM_TERMINAL, Draws
 from .errors import DataError, SpecError
 from .estimators import GridEstimator, NodeSums
-from .field import Coefficients, EntropyMatchingField
+from .field import EntropyMatchingField
 from .processes import Process
 from .quadrature import Grid, make_grid
 from .quantities import ce_constant_term, diffusion_integral, gelbrich_w2, mean_square_at, prior_for
@@ -351,7 +351,7 @@ def _provenance(process, data, settings, grid, model, reference, extra, elapsed,
 
 
 def summarize(dataset: xr.Dataset) -> str:
-    """A one-screen text summary of a measurement."""
+    """Format a one-screen text summary of a measurement."""
 
     def value(name: str, fmt: str = ".4g") -> str:
         v = float(dataset[name])
