@@ -266,7 +266,7 @@ def _reference_terms(process, data, reference, t_min, t_max, settings) -> dict[s
     prior_nll = prior.expected_nll(dim, mean_square_at(process, t_max, dim, m2))
     results: dict[str, float] = {}
     if isinstance(reference, GaussianOracle):
-        var0 = reference.std.numpy() ** 2
+        var0 = reference.std.cpu().numpy() ** 2
         for name, t in (("entropy_t_min", t_min), ("entropy_t_max", t_max)):
             v = float(process.alpha(t)) ** 2 * var0 + float(process.sigma2(t))
             results[name] = float(0.5 * np.sum(np.log(2 * math.pi * math.e * v)))
