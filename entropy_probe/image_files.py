@@ -1,10 +1,10 @@
 """Image sets read from their standard distribution files: MNIST IDX files and CIFAR-10 batches.
 
-Both sources take the options of the bundled MNIST digits: `n_c` (first images of every class,
-in file order), `split` and `range` (pixels k/255 in [0, 1], the Neural Entropy paper's
-choice, or 2k/255 − 1 in [−1, 1]; the quantisation step Δ is 1/255 or 2/255). Nothing is
-downloaded: the files must already be on disk, and a missing or malformed file is a DataError
-that names it.
+Both sources take the options of the bundled MNIST digits: `n_c` (the first images of every
+class, in file order), `split` and `range`. The range is [0, 1] with pixels k/255 (as in the
+Neural Entropy paper) or [−1, 1] with pixels 2k/255 − 1, so the quantisation step Δ is 1/255 or
+2/255. Nothing is downloaded: the files must already be on disk, and a missing or malformed
+file is a DataError that names it.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _check_directory(directory: str, spec: str, example: str) -> Path:
 
 
 def _subset_source(images: np.ndarray, labels: np.ndarray, spec: str, values: dict[str, Any], heldout: str) -> DataSource:
-    """The first n_c images of every class (all when n_c = 0), scaled to the requested range."""
+    """Build a source of the first n_c images of every class (all when n_c = 0), scaled to the range."""
     check_n_c(spec, values["n_c"])
     indices = first_per_class(labels, values["n_c"], spec) if values["n_c"] else np.arange(labels.size)
     pixel_range, step = _pixel_range(spec, values["range"])
@@ -170,7 +170,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError) as error:
         raise DataError(f"cannot read CIFAR-10 batch {str(path)!r}: {error}") from None
     if not isinstance(batch, dict):
-        raise DataError(f"CIFAR-10 batch {str(path)!r} holds a {type(batch).__name__}, not a dict")
+        raise DataError(f"CIFAR-10 batch {str(path)!r} contains a {type(batch).__name__}, not a dict")
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
     data = batch.get("data")
     labels = batch.get("labels")
@@ -182,7 +182,7 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(labels)
     if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9):
         raise DataError(f"CIFAR-10 batch {str(path)!r}: labels must be integers 0..9")
-    # Each row holds the 1024 red, then green, then blue values of a 32 × 32 image, row-major.
+    # Each row has the 1024 red, then green, then blue values of a 32 × 32 image, row-major.
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 

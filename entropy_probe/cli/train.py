@@ -73,11 +73,11 @@ SETTINGS_FIELDS = {"model": "architecture", "data_spec": "data", "process_spec":
 def train_command(ctx, **options):
     """Train an entropy-matching diffusion model: the network outputs the excess score e_θ.
 
-    The run directory DIR is itself a checkpoint of the last saved epoch (measure it with
-    'entropy-probe measure DIR'); DIR/epoch-NNNN holds earlier ones, DIR/loss.jsonl the loss of
-    every epoch, and DIR/train-state what --resume needs. State is saved after every epoch; an
-    interrupted run resumed with --resume repeats the unfinished epoch and ends with the same
-    weights as an uninterrupted run.
+    The run directory DIR is itself a checkpoint of the last saved epoch, so
+    'entropy-probe measure DIR' measures it. DIR/epoch-NNNN contains earlier epochs,
+    DIR/loss.jsonl the loss of every epoch and DIR/train-state what --resume needs. The state is
+    saved after every epoch. A run continued with --resume repeats its unfinished epoch and ends
+    with the same weights as an uninterrupted run (on the CPU).
 
     \b
     Examples:

@@ -9,7 +9,7 @@ Layout of a run directory DIR (see docs/checkpoints.md):
 
 Every directory is written with `checkpoint.write_checkpoint` (staging directory, then rename).
 The two files of DIR itself are copied from the newest epoch directory one after the other,
-each through a temporary file and a rename; config.json records the SHA-256 of the weights, so
+each through a temporary file and a rename. config.json records the SHA-256 of the weights, so
 a reader detects the short window in which only one of them is new.
 """
 
@@ -68,6 +68,7 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     architecture = require(config, "architecture", str, directory)
     if architecture not in ARCHITECTURES:
         raise CheckpointError(f"{str(directory)!r}: unknown architecture {architecture!r}; expected one of {', '.join(ARCHITECTURES)}")
+
     arguments = require(config, "network", dict, directory)
     process = process_from_spec(require(config, "process", str, directory))
     preconditioning = Preconditioning.from_config(config, str(directory))
@@ -79,6 +80,7 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
             f"probably because training stopped while saving; run 'entropy-probe train --resume' "
             f"again or load one of the epoch-NNNN directories"
         )
+
     try:
         core = build_core(architecture, arguments)
     except (TypeError, ValueError) as error:
@@ -100,10 +102,10 @@ def save_state(out: Path, config: dict[str, Any], tensors: dict[str, torch.Tenso
 
 
 def find_state(out: Path) -> Optional[Path]:
-    """The resume state directory of a run, or None when the run has saved none.
+    """Find the resume state directory of a run; return None when the run has saved none.
 
-    `write_checkpoint` moves an old directory aside before renaming the new one into place; if a
-    run stopped between the two renames, only the moved-aside copy exists, and it is used.
+    `write_checkpoint` moves an old directory aside before it renames the new one into place. If
+    a run stopped between the two renames, only the moved-aside copy exists, and it is used.
     """
     state = out / STATE_DIR
     if (state / CONFIG_NAME).is_file():
@@ -150,7 +152,7 @@ def read_loss_log(out: str | Path) -> list[dict[str, Any]]:
 # --- output directory -----------------------------------------------------------------------
 
 def _is_run_directory(out: Path) -> bool:
-    """Whether `out` holds only what a training run writes (so --overwrite may delete it)."""
+    """Check whether `out` is the output of a training run, which --overwrite may delete."""
     config = out / CONFIG_NAME
     if (out / STATE_DIR).is_dir() or (out / LOSS_LOG).is_file():
         return True
@@ -162,37 +164,41 @@ def _is_run_directory(out: Path) -> bool:
     return False
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> Optional[Path]:
-    """Check or create the run directory; return the state directory to resume from, if any."""
+def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
+    """Check the run directory without changing it.
+
+    Return the state directory to resume from (or None) and whether an existing run must be
+    deleted before a new one starts.
+    """
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {str(out)!r} is a file; give a directory for --out")
-    if out.is_dir():
-        state = find_state(out)
-        if resume and state is not None:
-            return state
-        empty = not any(out.iterdir())
-        if resume and not empty:
-            raise OutputError(
-                f"cannot resume: {str(out)!r} holds no training state ({STATE_DIR}/); start a new "
-                f"run in another --out, or pass --overwrite instead of --resume"
-            )
-        if not empty and not resume:
-            if not overwrite:
-                raise OutputError(
-                    f"output directory {str(out)!r} exists already; pass --resume to continue its "
-                    f"training, --overwrite to replace it, or choose another --out"
-                )
-            if not _is_run_directory(out):
-                raise OutputError(
-                    f"--overwrite would delete {str(out)!r}, which is not the output of "
-                    f"'entropy-probe train'; choose another --out"
-                )
-            shutil.rmtree(out)
+    if not out.is_dir():
+        return None, False
+    state = find_state(out)
+    if resume and state is not None:
+        return state, False
+    if not any(out.iterdir()):
+        return None, False
     if resume:
-        logger.info("%s has no saved state yet; starting a new run", out)
+        raise OutputError(
+            f"cannot resume: {str(out)!r} has no training state ({STATE_DIR}/); start a new "
+            f"run in another --out, or pass --overwrite instead of --resume"
+        )
+    if not overwrite:
+        raise OutputError(
+            f"output directory {str(out)!r} exists already; pass --resume to continue its "
+            f"training, --overwrite to replace it, or choose another --out"
+        )
+    if not _is_run_directory(out):
+        raise OutputError(f"--overwrite would delete {str(out)!r}, which is not the output of 'entropy-probe train'; choose another --out")
+    return None, True
+
+
+def create_output(out: Path, replace: bool) -> None:
+    """Create the run directory, deleting the previous run first when `replace`."""
+    if replace:
+        shutil.rmtree(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
-    return None
-

@@ -1,18 +1,20 @@
-"""The training loop of entropy-matching diffusion models.
+"""The training loop of entropy-matching diffusion models (Premkumar, "Neural Entropy", NeurIPS 2025).
 
 The network outputs the excess score e_θ(x, t), trained by denoising score matching against
 the conditional target s_c = −ε/σ − k x_t with k = 2f/g² (E[s_c | x_t] is the exact excess
 score). Two weightings over t uniform in [t_min, t_max]:
 
-- "sigma2" (the Neural Entropy paper's default): E |σ e_θ + σ k x_t + ε|²;
+- "sigma2" (the default of the Neural Entropy paper and its code): E |σ e_θ + σ k x_t + ε|²;
 - "likelihood": (t_max − t_min) · E (g²/2) |e_θ − s_c|², a Monte Carlo estimate of the
   integral ∫ (g²/2) E|e_θ − s_c|² dt, which equals the score error plus a constant.
 
 Reproducibility: the data order comes from one torch.Generator and the times, noise and dropout
 seeds from another, both on the CPU, so the run does not depend on the device's random number
-generator. The state at the end of every epoch (weights, Adam moments, EMA, generator states,
-epoch, step and loss history) is saved, and a resumed run ends with the same weights as an
-uninterrupted one. An interruption inside an epoch repeats that epoch from its start.
+generator. The state at the end of every epoch is saved: weights, Adam moments, EMA, generator
+states, epoch, step and loss history. On the CPU a resumed run therefore ends with the same
+weights as an uninterrupted one; on a GPU only to round-off, because kernels such as the
+convolution backward pass are not deterministic. An interruption inside an epoch repeats that
+epoch from its start.
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ logger = logging.getLogger(__name__)
 
 WEIGHTINGS = ("sigma2", "likelihood")
 
-#: Noise draws per sample and step when none is given: the paper's 10 for the mixture MLP, and
-#: 1 for image U-Nets, whose batches are already large in d.
+#: Noise draws per sample and step when none is given: 10 for the mixture MLP, as in the Neural
+#: Entropy paper's mixture runs, and 1 for image U-Nets, whose items are already large.
 DEFAULT_NOISE_DRAWS = {"mlp": 10, "unet": 1}
 
-#: Smallest training time when none is given (the paper trains on [1e-5, T]).
+#: Smallest training time when none is given; the Neural Entropy code trains on [1e-5, T] too.
 DEFAULT_TRAIN_T_MIN = 1e-5
 
 # Tags that separate the seeds derived from --seed.
@@ -116,7 +118,7 @@ class TrainSettings:
             raise SpecError(f"invalid --save-epochs {bad}; epochs count from 1")
 
     def resolved(self, process, data_shape: tuple[int, ...]) -> "TrainSettings":
-        """A copy with every default filled in (architecture, noise draws, training times, save epochs)."""
+        """Return a copy with every default filled in: architecture, noise draws, times, save epochs."""
         architecture = self.architecture
         if architecture == "auto":
             architecture = "unet" if len(data_shape) == 3 else "mlp"
@@ -231,7 +233,7 @@ class Trainer:
 
     # --- one step ------------------------------------------------------------------------------
     def _epoch_items(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The items of the next epoch in training order."""
+        """Draw the items of the next epoch, in training order."""
         if self.data.finite:
             order = torch.randperm(self.items_per_epoch, generator=self.data_generator)
             labels = None if self.data.labels is None else self.data.labels[order]
@@ -281,6 +283,7 @@ class Trainer:
         started = time.perf_counter()
         self.network.train()
         x_all, labels_all = self._epoch_items()
+
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         batch = self.settings.batch_size
@@ -293,6 +296,7 @@ class Trainer:
                 progress.update(1)
             if on_step is not None:
                 on_step(self.epoch + 1, index + 1)
+
         self.network.eval()
         loss = float(total) / count
         if not math.isfinite(loss):
@@ -300,6 +304,7 @@ class Trainer:
                 f"training diverged in epoch {self.epoch + 1}: the loss is {loss}; nothing of this "
                 f"epoch was saved. Lower --lr or use --weighting sigma2, then --resume"
             )
+
         self.epoch += 1
         entry = {
             "epoch": self.epoch,
@@ -313,7 +318,7 @@ class Trainer:
 
     # --- checkpoints and resume state ------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
-        """The weights that go into the checkpoint: the EMA when enabled, else the live weights."""
+        """Return the checkpoint weights: the EMA when enabled, else the live weights."""
         state = {name: value.detach().clone() for name, value in self.network.core.state_dict().items()}
         if self.ema is not None:
             state.update({name: value.clone() for name, value in self.ema.items()})
@@ -403,15 +408,17 @@ class Trainer:
 class _seeded_global_rng:
     """Run a block with the global generators of the CPU and `device` seeded, then restore them.
 
-    Dropout layers draw from the global generator and take no torch.Generator; seeding it per
-    step from the run's own generator makes dropout reproducible and resumable, and restoring it
-    afterwards leaves the caller's random state untouched.
+    Dropout layers draw from the global generator and take no torch.Generator. Seeding it per step
+    from the run's own generator makes dropout reproducible and resumable. Restoring it afterwards
+    leaves the caller's random state untouched.
     """
 
     def __init__(self, seed: int, device: torch.device) -> None:
         self.seed = seed
-        self.devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
         self.device = device
+        self.devices = []
+        if device.type == "cuda":
+            self.devices = [device.index if device.index is not None else torch.cuda.current_device()]
 
     def __enter__(self):
         self._fork = torch.random.fork_rng(devices=self.devices)
@@ -427,10 +434,10 @@ class _seeded_global_rng:
 
 
 def check_resume_settings(saved: dict[str, Any], requested: TrainSettings, out: Path, explicit: Optional[set[str]] = None) -> TrainSettings:
-    """The saved settings, updated with the resumable fields of `requested`.
+    """Return the saved settings, updated with the resumable fields of `requested`.
 
-    Only the fields named in `explicit` (all fields when it is None) are taken from `requested`;
-    a change to any other field than epochs, save_epochs, device and progress raises SpecError,
+    Only the fields named in `explicit` (all fields when it is None) are read from `requested`.
+    A change to a field other than epochs, save_epochs, device and progress raises SpecError,
     because the resumed run would no longer match its first part.
     """
     saved_settings = TrainSettings(**saved)
@@ -471,13 +478,13 @@ def train(
 ) -> Trainer:
     """Train a network into the run directory `out`; return the finished trainer.
 
-    With `resume`, continue the run saved in `out`, or start one when `out` holds no saved state
+    With `resume`, continue the run saved in `out`, or start one when `out` has no saved state
     yet. The saved settings win: only epochs, save_epochs, device and progress may change, and
     only the fields in `explicit` (all when None) are compared with the saved ones. `on_step(epoch, step_in_epoch)` runs after every optimizer
     step and `on_epoch(entry)` after every saved epoch.
     """
     out = Path(out)
-    state_dir = io.prepare_output(out, resume, overwrite)
+    state_dir, replace = io.check_output(out, resume, overwrite)
     if state_dir is not None:
         state_config, state_tensors = io.load_state(state_dir)
         settings = check_resume_settings(state_config["training"], settings, out, explicit)
@@ -490,7 +497,11 @@ def train(
                 f"{trainer.settings.epochs}; give --epochs {trainer.epoch} or more"
             )
     else:
+        if resume:
+            logger.info("%s has no saved state yet; starting a new run", out)
+        # Build everything first, so invalid settings or data leave no directory behind.
         trainer = Trainer(settings, out)
+        io.create_output(out, replace)
 
     s = trainer.settings
     checkpoint_epochs = s.checkpoint_epochs()
