@@ -434,29 +434,30 @@ def find_layout(path: Path, scheduler_config: Optional[str] = None) -> FolderLay
                 f"{str(path)!r}: the pipeline's unet is a {unet_entry[1]}, but entropy-probe reads "
                 f"UNet2DModel image models; use --adapter module:function for other model classes"
             )
-    if (path / "unet" / "config.json").is_file():
-        unet_dir = path / "unet"
-    elif (path / "config.json").is_file():
-        unet_dir = path
-    else:
+    # A repository may keep folders of an early diffusers release next to current files, so a
+    # candidate whose class is UNet2DModel wins over one that merely exists.
+    model_dirs = [d for d in (path / "unet", path) if (d / "config.json").is_file()]
+    if not model_dirs:
         raise CheckpointError(
             f"{str(path)!r} has neither unet/config.json nor config.json; is it a diffusers pipeline or model folder?"
         )
+    unet_dir = next((d for d in model_dirs if _class_name(d / "config.json") == "UNet2DModel"), model_dirs[0])
 
     if scheduler_config:
         scheduler_file: Optional[Path] = Path(scheduler_config).expanduser()
         if not scheduler_file.is_file():
             raise CheckpointError(f"scheduler config {scheduler_config!r} not found; give an existing scheduler_config.json")
     else:
-        candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
-        scheduler_file = next((c for c in candidates if c.is_file()), None)
+        scheduler_file = _own_scheduler(path)
     metadata_file = path / METADATA_NAME
     return FolderLayout(path, unet_dir, scheduler_file, metadata_file if metadata_file.is_file() else None)
 
 
-def _own_scheduler(layout: FolderLayout) -> Optional[Path]:
-    candidates = [layout.root / "scheduler" / "scheduler_config.json", layout.root / "scheduler_config.json"]
-    return next((c for c in candidates if c.is_file()), None)
+def _own_scheduler(root: Path) -> Optional[Path]:
+    """The folder's scheduler config, preferring one whose class this adapter reads."""
+    candidates = [c for c in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if c.is_file()]
+    known = DISCRETE_SCHEDULERS | VE_SCHEDULERS
+    return next((c for c in candidates if _class_name(c) in known), candidates[0] if candidates else None)
 
 
 def resolve_schedule(layout: FolderLayout, scheduler_override: bool) -> TrainingSchedule:
@@ -471,7 +472,7 @@ def resolve_schedule(layout: FolderLayout, scheduler_override: bool) -> Training
         )
     scheduler = _read_json(layout.scheduler_file, "scheduler config")
     schedule = schedule_from_scheduler(scheduler, str(layout.scheduler_file))
-    own = _own_scheduler(layout)
+    own = _own_scheduler(layout.root)
     if scheduler_override and own is not None and own.resolve() != layout.scheduler_file.resolve():
         _check_same_training(schedule, schedule_from_scheduler(_read_json(own, "scheduler config"), str(own)), layout, own)
     return schedule
@@ -619,6 +620,7 @@ def load_folder(
         "weights_sha256": sha256_file(weights),
         "time_embedding_type": config.get("time_embedding_type", "positional"),
     }
+    record.update(_hub_cache_origin(path))
     record.update(provenance or {})
     denoiser = DiffusersDenoiser(
         network,
@@ -632,6 +634,15 @@ def load_folder(
     )
     denoiser.default_data = metadata.get("default_data")
     return denoiser.to(device)
+
+
+def _hub_cache_origin(path: Path) -> dict[str, str]:
+    """hub_id and commit of a folder inside a hub cache (models--ORG--NAME/snapshots/COMMIT)."""
+    resolved = path.resolve()
+    repo = resolved.parent.parent.name
+    if resolved.parent.name != "snapshots" or not repo.startswith("models--"):
+        return {}
+    return {"hub_id": repo[len("models--"):].replace("--", "/", 1), "commit": resolved.name}
 
 
 def _load_unet(unet_dir: Path) -> torch.nn.Module:

@@ -28,7 +28,7 @@ def cache_dir() -> Path:
 
 def fetch_hint(repo_id: str, revision: Optional[str] = None) -> str:
     """The command that fetches a repository on a networked machine."""
-    revision_flag = f" --revision {revision}" if revision else ""
+    revision_flag = f" --revision {revision}" if revision and revision != "main" else ""
     return (
         f"fetch it on a networked machine with 'hf download {repo_id}{revision_flag}' "
         f"(or 'huggingface-cli download {repo_id}{revision_flag}') and copy the cache folder "
