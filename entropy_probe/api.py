@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import xarray as xr
@@ -50,7 +49,7 @@ def resolve_data(model: Denoiser, spec: Optional[str]) -> DataSource:
 
 
 def resolve_reference(model: Denoiser, data: DataSource, reference_dir: Optional[str]) -> Optional[Denoiser]:
-    """The exact law of the data: --reference, else the data's own oracle, else none."""
+    """Return the exact law of the data: --reference, else the data's own oracle, else None."""
     if reference_dir:
         return load_oracle(reference_dir)
     return data.reference

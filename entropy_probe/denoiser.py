@@ -38,7 +38,7 @@ class Denoiser:
     num_classes: Optional[int] = None
     #: SHA-256 of the weights file (or of the oracle parameters).
     fingerprint: str = ""
-    #: Where the model came from: kind, path and adapter-specific details.
+    #: Origin of the model: kind, path and adapter-specific details.
     provenance: dict[str, Any]
 
     def __init__(self) -> None:
@@ -73,13 +73,13 @@ class Denoiser:
 
     __call__ = denoise
 
-    def check_sigma_range(self, low: float, high: float, what: str = "the requested time range") -> None:
+    def check_sigma_range(self, low: float, high: float, purpose: str = "the requested time range") -> None:
         """Raise SigmaRangeError when [low, high] leaves [sigma_min, sigma_max]."""
         # A relative slack of 1e-9 absorbs round-off in t ↔ σ̃ conversions at the ends.
         slack = 1e-9
         if low < self.sigma_min * (1 - slack) or high > self.sigma_max * (1 + slack):
             raise SigmaRangeError(
-                f"{what} needs noise levels σ/α from {low:.4g} to {high:.4g}, but the model is "
+                f"{purpose} needs noise levels σ/α from {low:.4g} to {high:.4g}, but the model is "
                 f"valid only from {self.sigma_min:.4g} to {self.sigma_max:.4g}; narrow "
                 f"--t-min/--t-max or choose a process whose range the model covers"
             )

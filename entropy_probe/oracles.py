@@ -38,6 +38,8 @@ class Oracle(Denoiser):
     """Common parts of the oracles: flattening, fingerprint and moments."""
 
     kind = ""
+    #: Tensor attributes that `to` moves to the evaluation device.
+    _device_attributes: tuple[str, ...] = ()
 
     def __init__(self, data_shape: tuple[int, ...]) -> None:
         super().__init__()
@@ -46,6 +48,13 @@ class Oracle(Denoiser):
     def tensors(self) -> dict[str, torch.Tensor]:
         """Parameters as named float64 tensors, as stored in model.safetensors."""
         raise NotImplementedError
+
+    def to(self, device):
+        """Move the parameters to `device` once, so evaluations need no transfers."""
+        super().to(device)
+        for name in self._device_attributes:
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
 
     def _compute_fingerprint(self) -> str:
         digest = hashlib.sha256(self.kind.encode())
@@ -80,6 +89,7 @@ class GaussianOracle(Oracle):
     """Gaussian data N(μ, diag(s²))."""
 
     kind = "gaussian"
+    _device_attributes = ("mu", "std")
 
     def __init__(self, mean, std, data_shape: Optional[tuple[int, ...]] = None) -> None:
         mean_t = _float64(mean, "mean").reshape(-1)
@@ -104,6 +114,7 @@ class GaussianOracle(Oracle):
         return self.std.to(sigma_tilde.device) ** 2 + sigma_tilde[:, None] ** 2
 
     def ve_score(self, x_tilde, sigma_tilde, labels=None):
+        self.evaluations += x_tilde.shape[0]
         x = self._flat(x_tilde)
         score = (self.mu.to(x.device) - x) / self._variance(sigma_tilde)
         return score.reshape(x_tilde.shape)
@@ -115,19 +126,20 @@ class GaussianOracle(Oracle):
 
     def sample(self, n, generator):
         z = torch.randn((n, self.mu.numel()), generator=generator, dtype=torch.float64)
-        return (self.mu + self.std * z).reshape((n,) + self.data_shape)
+        return (self.mu.cpu() + self.std.cpu() * z).reshape((n,) + self.data_shape)
 
     def mean(self):
-        return self.mu.numpy().copy()
+        return self.mu.cpu().numpy().copy()
 
     def covariance_eigenvalues(self):
-        return (self.std.numpy() ** 2).copy()
+        return (self.std.cpu().numpy() ** 2).copy()
 
 
 class GaussianMixtureOracle(Oracle):
     """Mixture Σ_k w_k N(μ_k, diag(s_k²)); component stds of zero give point masses."""
 
     kind = "gmm"
+    _device_attributes = ("weights", "means", "stds")
     #: Components processed at once in the streaming logsumexp.
     component_chunk = 4096
 
@@ -211,6 +223,7 @@ class GaussianMixtureOracle(Oracle):
         return log_p, score
 
     def ve_score(self, x_tilde, sigma_tilde, labels=None):
+        self.evaluations += x_tilde.shape[0]
         _, score = self._stream(self._flat(x_tilde), sigma_tilde, want_score=True)
         return score.reshape(x_tilde.shape)
 
@@ -221,18 +234,18 @@ class GaussianMixtureOracle(Oracle):
         return log_p
 
     def sample(self, n, generator):
-        component = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        component = torch.multinomial(self.weights.cpu(), n, replacement=True, generator=generator)
         z = torch.randn((n, self.means.shape[1]), generator=generator, dtype=torch.float64)
-        return (self.means[component] + self.stds[component] * z).reshape((n,) + self.data_shape)
+        return (self.means.cpu()[component] + self.stds.cpu()[component] * z).reshape((n,) + self.data_shape)
 
     def mean(self):
-        return (self.weights @ self.means).numpy()
+        return (self.weights @ self.means).cpu().numpy()
 
     def covariance(self) -> np.ndarray:
-        w = self.weights.numpy()
-        mu = self.means.numpy()
+        w = self.weights.cpu().numpy()
+        mu = self.means.cpu().numpy()
         m = w @ mu
-        second = (mu.T * w) @ mu + np.diag(w @ (self.stds.numpy() ** 2))
+        second = (mu.T * w) @ mu + np.diag(w @ (self.stds.cpu().numpy() ** 2))
         return second - np.outer(m, m)
 
     def covariance_eigenvalues(self):
@@ -266,10 +279,10 @@ class EmpiricalOracle(GaussianMixtureOracle):
 
     def sample(self, n, generator):
         index = torch.randint(0, self.means.shape[0], (n,), generator=generator)
-        return self.means[index].reshape((n,) + self.data_shape).clone()
+        return self.means.cpu()[index].reshape((n,) + self.data_shape).clone()
 
     def covariance(self):
-        return np.atleast_2d(np.cov(self.means.numpy(), rowvar=False, bias=True))
+        return np.atleast_2d(np.cov(self.means.cpu().numpy(), rowvar=False, bias=True))
 
 
 def paper_mixture(

@@ -6,7 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 
@@ -70,10 +69,6 @@ def plot_measurement(dataset: xr.Dataset, path: str | Path) -> Path:
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
 
-
-def rate_curve_arrays(dataset: xr.Dataset, name: str = "s_nn") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """t, rate and stderr of a rate variable."""
-    return dataset["t"].values, dataset[f"{name}_rate"].values, dataset[f"{name}_rate_stderr"].values
 
 
 def plot_comparison(dataset: xr.Dataset, path: str | Path) -> Path:

@@ -25,7 +25,7 @@ from .denoiser import Denoiser
 from .draws import STREAM_TERMINAL, Draws
 from .errors import DataError, SpecError
 from .estimators import GridEstimator, NodeSums
-from .field import Coefficients, EntropyMatchingField
+from .field import EntropyMatchingField
 from .processes import Process
 from .quadrature import Grid, make_grid
 from .quantities import ce_constant_term, diffusion_integral, gelbrich_w2, mean_square_at, prior_for
@@ -266,7 +266,7 @@ def _reference_terms(process, data, reference, t_min, t_max, settings) -> dict[s
     prior_nll = prior.expected_nll(dim, mean_square_at(process, t_max, dim, m2))
     results: dict[str, float] = {}
     if isinstance(reference, GaussianOracle):
-        var0 = reference.std.numpy() ** 2
+        var0 = reference.std.cpu().numpy() ** 2
         for name, t in (("entropy_t_min", t_min), ("entropy_t_max", t_max)):
             v = float(process.alpha(t)) ** 2 * var0 + float(process.sigma2(t))
             results[name] = float(0.5 * np.sum(np.log(2 * math.pi * math.e * v)))
@@ -351,7 +351,7 @@ def _provenance(process, data, settings, grid, model, reference, extra, elapsed,
 
 
 def summarize(dataset: xr.Dataset) -> str:
-    """A one-screen text summary of a measurement."""
+    """Format a one-screen text summary of a measurement."""
 
     def value(name: str, fmt: str = ".4g") -> str:
         v = float(dataset[name])

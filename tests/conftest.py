@@ -42,7 +42,7 @@ def gaussian_params():
 
 @pytest.fixture(scope="session")
 def mixture_dir(tmp_path_factory):
-    """A 2-D, 5-component mixture oracle checkpoint by the paper's recipe."""
+    """A 2-D, 5-component mixture oracle checkpoint made by `paper_mixture`."""
     from entropy_probe.checkpoint import save_oracle
     from entropy_probe.oracles import paper_mixture
 

@@ -195,7 +195,7 @@ def test_straight_line_rejects_t_equal_one():
 
 
 def test_every_registered_process_has_defaults_in_range():
-    for name, cls in PROCESSES.items():
+    for name in PROCESSES:
         if name == "table":
             continue
         process = from_spec(name)

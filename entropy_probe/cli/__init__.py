@@ -54,9 +54,14 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj.update(debug=debug, quiet=quiet)
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    if verbose:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("entropy_probe").setLevel(level)
+    logging.getLogger("matplotlib").setLevel(max(level, logging.WARNING))
     if quiet:
         os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
 

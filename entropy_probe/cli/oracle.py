@@ -84,7 +84,7 @@ def gmm_command(dim, components, side, std_min, std_max, seed, from_file, out, o
 @click.option("--out", required=True, help="Checkpoint directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 def empirical_command(data_spec, out, overwrite):
-    """The empirical law of a finite data set: the perfect memoriser of that set."""
+    """Write the empirical law of a finite data set, the perfect memoriser of that set."""
     from ..data import from_spec
     from ..errors import DataError
     from ..oracles import EmpiricalOracle
