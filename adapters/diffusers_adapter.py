@@ -48,6 +48,9 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 METADATA_PREDICTIONS = PREDICTION_TYPES + ("score", "excess_score")
 #: Time inputs of the network: the fractional DDPM timestep, or functions of the process time.
 TIME_INPUTS = ("timestep", "t", "sigma_tilde", "log_sigma_tilde")
+#: Scalings of entropy_probe.json: the input x_m / sqrt(α² m + σ²) ("rms") and the output / σ.
+INPUT_SCALINGS = ("none", "rms")
+OUTPUT_SCALINGS = ("none", "inverse_sigma")
 
 #: Schedulers that share the discrete β table of DDPM (num_train_timesteps, beta_start,
 #: beta_end, beta_schedule, prediction_type), as defined in diffusers 0.30 to 0.42.
@@ -101,6 +104,13 @@ class TrainingSchedule:
     steps: Optional[int] = None
     #: Plain description of the valid range for error messages, e.g. "timesteps 0 to 999".
     range_note: str = ""
+    #: The network receives time_scale times the time input.
+    time_scale: float = 1.0
+    #: "rms": the network sees x_m / sqrt(α_m² m + σ_m²) with m = data_mean_square; "none": x_m.
+    input_scaling: str = "none"
+    data_mean_square: float = 1.0
+    #: "inverse_sigma": the prediction is the network output divided by σ_m; "none": the output.
+    output_scaling: str = "none"
     #: The scheduler or metadata fields used, for provenance.
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -219,6 +229,12 @@ def schedule_from_metadata(metadata: dict[str, Any], source: str) -> TrainingSch
         raise CheckpointError(
             f"{source}: unknown time_input {time_input!r}; expected t, sigma_tilde or log_sigma_tilde"
         )
+    scalings = {
+        "time_scale": _positive_number(metadata.get("time_scale", 1.0), "time_scale", source),
+        "input_scaling": _choice(metadata.get("input_scaling", "none"), "input_scaling", INPUT_SCALINGS, source),
+        "data_mean_square": _positive_number(metadata.get("data_mean_square", 1.0), "data_mean_square", source),
+        "output_scaling": _choice(metadata.get("output_scaling", "none"), "output_scaling", OUTPUT_SCALINGS, source),
+    }
     try:
         process = from_spec(str(metadata.get("process", "")))
     except SpecError as error:
@@ -239,7 +255,20 @@ def schedule_from_metadata(metadata: dict[str, Any], source: str) -> TrainingSch
         sigma_max=float(sigma_range[1]),
         range_note=f"the range it was trained on under {process.spec}",
         details={key: metadata[key] for key in ("process", "prediction", "time_input", "sigma_tilde_range") if key in metadata},
+        **scalings,
     )
+
+
+def _positive_number(value: Any, name: str, source: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise CheckpointError(f"{source}: {name} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _choice(value: Any, name: str, allowed: tuple[str, ...], source: str) -> str:
+    if value not in allowed:
+        raise CheckpointError(f"{source}: unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+    return value
 
 
 # --- the denoiser ----------------------------------------------------------------------------
@@ -293,11 +322,11 @@ class DiffusersDenoiser(Denoiser):
         parameter = next(iter(self.network.parameters()), None)
         return parameter.dtype if parameter is not None else torch.float32
 
-    def check_sigma_range(self, low: float, high: float, what: str = "the requested time range") -> None:
+    def check_sigma_range(self, low: float, high: float, purpose: str = "the requested time range") -> None:
         slack = 1e-9
         if low < self.sigma_min * (1 - slack) or high > self.sigma_max * (1 + slack):
             raise SigmaRangeError(
-                f"{what} needs noise levels σ/α from {low:.4g} to {high:.4g}, but the model covers "
+                f"{purpose} needs noise levels σ/α from {low:.4g} to {high:.4g}, but the model covers "
                 f"only {self.sigma_min:.4g} to {self.sigma_max:.4g} ({self.schedule.range_note}); "
                 f"narrow --t-min/--t-max or choose a process whose range the model covers"
             )
@@ -319,20 +348,31 @@ class DiffusersDenoiser(Denoiser):
         if self.num_classes is not None and labels is None:
             raise DataError("the model is class-conditional, but the data has no labels; give labelled data")
 
-        process = self.schedule.process
+        schedule = self.schedule
+        process = schedule.process
         u = np.log(sigma_host)
         t = process.t_from_log_sigma_tilde(u)
+        alpha_np, sigma_np = process.alpha(t), process.sigma(t)
         coefficients = {
-            "alpha": process.alpha(t),
-            "sigma": process.sigma(t),
+            "alpha": alpha_np,
+            "sigma": sigma_np,
             "k": process.equilibrium_score_coefficient(t),
-            "time": self.time_argument(t, u),
+            "time": schedule.time_scale * self.time_argument(t, u),
+            "c_in": (
+                1.0 / np.sqrt(alpha_np**2 * schedule.data_mean_square + sigma_np**2)
+                if schedule.input_scaling == "rms"
+                else np.ones_like(alpha_np)
+            ),
         }
         device = x_tilde.device
-        alpha, sigma, k, time_arg = (torch.as_tensor(coefficients[name], device=device) for name in ("alpha", "sigma", "k", "time"))
+        alpha, sigma, k, time_arg, c_in = (
+            torch.as_tensor(coefficients[name], device=device) for name in ("alpha", "sigma", "k", "time", "c_in")
+        )
 
         x_model = expand_like(alpha, x_tilde) * x_tilde
-        output = self._forward(x_model, time_arg, labels).to(torch.float64)
+        output = self._forward(expand_like(c_in, x_model) * x_model, time_arg, labels).to(torch.float64)
+        if schedule.output_scaling == "inverse_sigma":
+            output = output / expand_like(sigma, output)
         return self._to_ve_score(output, x_tilde, x_model, sigma_tilde, alpha, sigma, k)
 
     def _forward(self, x_model: torch.Tensor, time_arg: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:

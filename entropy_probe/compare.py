@@ -52,7 +52,7 @@ def check_ranges(model: Denoiser, processes: Sequence[Process], settings: Measur
         model.check_sigma_range(
             float(process.sigma_tilde(t_min)),
             float(process.sigma_tilde(t_max)),
-            what=f"process {process.spec!r} on [{t_min:g}, {t_max:g}]",
+            purpose=f"process {process.spec!r} on [{t_min:g}, {t_max:g}]",
         )
 
 
