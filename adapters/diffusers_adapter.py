@@ -6,7 +6,7 @@ its output:
 - discrete DDPM-style schedulers (DDPMScheduler, DDIMScheduler and the other schedulers built
   on the same β table): the `ddpm` process of this package, whose step i sits at t = (i + 1)/N.
   A noise level σ̃ maps to the fractional timestep τ = N t(σ̃) − 1, which interpolates log σ̃
-  linearly over the float64 table σ̃_i = sqrt((1 − ᾱ_i)/ᾱ_i). The network sees
+  linearly over the float64 table σ̃_i = sqrt((1 − ᾱ_i)/ᾱ_i). The network receives
   x_m = α_m x̃ with α_m = 1/sqrt(1 + σ̃²) and returns ε (epsilon), v = α_m ε − σ_m x_0
   (v_prediction) or x_0 (sample).
 - ScoreSdeVeScheduler (score_sde's NCSN++ ports): the `ve` process; the network takes the
@@ -90,8 +90,8 @@ DEFAULT_PIXEL_RANGE = (-1.0, 1.0)
 class TrainingSchedule:
     """How a network was trained: its process, its time input and what it predicts.
 
-    `process` maps σ̃ to the network's own time t and coefficients (α_m, σ_m); `time_input`
-    says what the network receives as its timestep argument, and `prediction` what it returns.
+    `process` maps σ̃ to the network's own time t and coefficients (α_m, σ_m). `time_input`
+    names the network's timestep argument, and `prediction` names its output.
     The valid noise levels are [sigma_min, sigma_max].
     """
 
@@ -106,7 +106,7 @@ class TrainingSchedule:
     range_note: str = ""
     #: The network receives time_scale times the time input.
     time_scale: float = 1.0
-    #: "rms": the network sees x_m / sqrt(α_m² m + σ_m²) with m = data_mean_square; "none": x_m.
+    #: "rms": the network receives x_m / sqrt(α_m² m + σ_m²) with m = data_mean_square; "none": x_m.
     input_scaling: str = "none"
     data_mean_square: float = 1.0
     #: "inverse_sigma": the prediction is the network output divided by σ_m; "none": the output.
@@ -118,7 +118,7 @@ class TrainingSchedule:
 # --- schedules from configs ------------------------------------------------------------------
 
 def discrete_schedule(scheduler: dict[str, Any], source: str) -> TrainingSchedule:
-    """TrainingSchedule of a DDPM-style scheduler config (fields as diffusers writes them)."""
+    """Build the TrainingSchedule of a DDPM-style scheduler config (fields as diffusers writes them)."""
     steps = scheduler.get("num_train_timesteps", scheduler.get("timesteps", 1000))
     beta_start = scheduler.get("beta_start", 1e-4)
     beta_end = scheduler.get("beta_end", 0.02)
@@ -129,26 +129,7 @@ def discrete_schedule(scheduler: dict[str, Any], source: str) -> TrainingSchedul
             f"{source}: unknown prediction_type {prediction!r}; entropy-probe reads "
             f"{', '.join(PREDICTION_TYPES)}"
         )
-    if scheduler.get("trained_betas") is not None:
-        raise CheckpointError(
-            f"{source}: the scheduler lists trained_betas, an explicit β table, which this version "
-            f"does not read; write the table to a file and pass --adapter, or use a named beta_schedule"
-        )
-    if scheduler.get("rescale_betas_zero_snr"):
-        raise CheckpointError(
-            f"{source}: rescale_betas_zero_snr=true makes the last step pure noise (σ/α infinite), "
-            f"which this version does not support"
-        )
-    if scheduler.get("timestep_type", "discrete") != "discrete":
-        raise CheckpointError(
-            f"{source}: timestep_type={scheduler['timestep_type']!r} feeds the network log σ instead "
-            f"of a timestep index; only timestep_type 'discrete' is supported"
-        )
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise CheckpointError(f"{source}: num_train_timesteps must be an integer >= 2, not {steps!r}")
-    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 < value < 1):
-            raise CheckpointError(f"{source}: {name} must be a number in (0, 1), not {value!r}")
+    _check_discrete_fields(scheduler, steps, beta_start, beta_end, source)
     spec = f"ddpm:schedule={beta_schedule},beta_start={float(beta_start)!r},beta_end={float(beta_end)!r},steps={steps}"
     try:
         process = from_spec(spec)
@@ -174,8 +155,32 @@ def discrete_schedule(scheduler: dict[str, Any], source: str) -> TrainingSchedul
     )
 
 
+def _check_discrete_fields(scheduler: dict[str, Any], steps: Any, beta_start: Any, beta_end: Any, source: str) -> None:
+    """Reject scheduler fields this adapter cannot turn into a β table of the `ddpm` process."""
+    if scheduler.get("trained_betas") is not None:
+        raise CheckpointError(
+            f"{source}: the scheduler lists trained_betas, an explicit β table, which this version "
+            f"does not read; wrap the model with --adapter module:function (see docs/adapters.md)"
+        )
+    if scheduler.get("rescale_betas_zero_snr"):
+        raise CheckpointError(
+            f"{source}: rescale_betas_zero_snr=true makes the last step pure noise (σ/α infinite), "
+            f"which this version does not support"
+        )
+    if scheduler.get("timestep_type", "discrete") != "discrete":
+        raise CheckpointError(
+            f"{source}: timestep_type={scheduler['timestep_type']!r} feeds the network log σ instead "
+            f"of a timestep index; only timestep_type 'discrete' is supported"
+        )
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
+        raise CheckpointError(f"{source}: num_train_timesteps must be an integer >= 2, not {steps!r}")
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (0 < value < 1):
+            raise CheckpointError(f"{source}: {name} must be a number in (0, 1), not {value!r}")
+
+
 def ve_schedule(scheduler: dict[str, Any], source: str) -> TrainingSchedule:
-    """TrainingSchedule of a ScoreSdeVeScheduler config: σ in, score out."""
+    """Build the TrainingSchedule of a ScoreSdeVeScheduler config: σ in, score out."""
     sigma_min = scheduler.get("sigma_min", 0.01)
     sigma_max = scheduler.get("sigma_max", 1348.0)
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
@@ -197,7 +202,7 @@ def ve_schedule(scheduler: dict[str, Any], source: str) -> TrainingSchedule:
 
 
 def schedule_from_scheduler(scheduler: dict[str, Any], source: str) -> TrainingSchedule:
-    """TrainingSchedule of a diffusers scheduler config dict."""
+    """Build the TrainingSchedule of a diffusers scheduler config dict."""
     name = scheduler.get("_class_name")
     if name in VE_SCHEDULERS:
         return ve_schedule(scheduler, source)
@@ -210,7 +215,7 @@ def schedule_from_scheduler(scheduler: dict[str, Any], source: str) -> TrainingS
 
 
 def schedule_from_metadata(metadata: dict[str, Any], source: str) -> TrainingSchedule:
-    """TrainingSchedule of an entropy_probe.json written by `entropy-probe export`."""
+    """Build the TrainingSchedule of an entropy_probe.json written by `entropy-probe export`."""
     if metadata.get("format") != METADATA_FORMAT:
         raise CheckpointError(f"{source}: format must be {METADATA_FORMAT!r}, not {metadata.get('format')!r}")
     version = metadata.get("format_version")
@@ -332,7 +337,7 @@ class DiffusersDenoiser(Denoiser):
             )
 
     def time_argument(self, t: np.ndarray, log_sigma_tilde: np.ndarray) -> np.ndarray:
-        """The network's timestep argument at process times t (float64)."""
+        """Compute the network's timestep argument at process times t (float64)."""
         kind = self.schedule.time_input
         if kind == "timestep":
             return self.schedule.steps * t - 1.0
@@ -379,7 +384,7 @@ class DiffusersDenoiser(Denoiser):
         dtype = self.network_dtype
         kwargs = {"class_labels": labels} if self.num_classes is not None else {}
         # Float timesteps: diffusers' positional embedding multiplies them by its frequencies,
-        # so fractional steps are accepted. float64 only for float64 networks (test doubles).
+        # so fractional steps are valid. Only float64 networks (test doubles) get float64 times.
         time_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         result = self.network(x_model.to(dtype), time_arg.to(time_dtype), **kwargs)
         self.evaluations += x_model.shape[0]
@@ -422,7 +427,7 @@ class DiffusersDenoiser(Denoiser):
 
 @dataclass
 class FolderLayout:
-    """Where the parts of a diffusers folder are."""
+    """Locations of the parts of a diffusers folder."""
 
     root: Path
     unet_dir: Path
@@ -449,7 +454,7 @@ def _class_name(path: Path) -> Optional[str]:
 
 
 def detect(path: Path) -> bool:
-    """A folder with model_index.json, entropy_probe.json or a diffusers model config.json."""
+    """Accept a folder with model_index.json, entropy_probe.json or a diffusers model config.json."""
     if not path.is_dir():
         return False
     if (path / "model_index.json").is_file() or (path / METADATA_NAME).is_file():
@@ -494,14 +499,14 @@ def find_layout(path: Path, scheduler_config: Optional[str] = None) -> FolderLay
 
 
 def _own_scheduler(root: Path) -> Optional[Path]:
-    """The folder's scheduler config, preferring one whose class this adapter reads."""
+    """Find the folder's scheduler config, preferring one whose class this adapter reads."""
     candidates = [c for c in (root / "scheduler" / "scheduler_config.json", root / "scheduler_config.json") if c.is_file()]
     known = DISCRETE_SCHEDULERS | VE_SCHEDULERS
     return next((c for c in candidates if _class_name(c) in known), candidates[0] if candidates else None)
 
 
 def resolve_schedule(layout: FolderLayout, scheduler_override: bool) -> TrainingSchedule:
-    """The training schedule from entropy_probe.json, else from the scheduler config."""
+    """Build the training schedule from entropy_probe.json, else from the scheduler config."""
     if layout.metadata_file is not None and not scheduler_override:
         metadata = _read_json(layout.metadata_file, "metadata")
         return schedule_from_metadata(metadata, str(layout.metadata_file))
@@ -529,14 +534,8 @@ def _check_same_training(given: TrainingSchedule, own: TrainingSchedule, layout:
             )
 
 
-def check_unet_config(config: dict[str, Any], schedule: TrainingSchedule, source: str) -> None:
-    """Raise CheckpointError when the U-Net config cannot work with the training schedule."""
-    name = config.get("_class_name")
-    if name != "UNet2DModel":
-        raise CheckpointError(
-            f"{source}: model class {name!r} is not supported; entropy-probe reads UNet2DModel "
-            f"image models (use --adapter module:function for others)"
-        )
+def check_time_embedding(config: dict[str, Any], schedule: TrainingSchedule, source: str) -> None:
+    """Raise CheckpointError when the U-Net's time embedding cannot take the schedule's time input."""
     embedding = config.get("time_embedding_type", "positional")
     if embedding == "learned":
         raise CheckpointError(
@@ -559,6 +558,17 @@ def check_unet_config(config: dict[str, Any], schedule: TrainingSchedule, source
             f"{source}: a ScoreSdeVeScheduler feeds the noise level σ as timestep, but this model has a "
             f"positional timestep embedding; give the scheduler config it was trained with"
         )
+
+
+def check_unet_config(config: dict[str, Any], schedule: TrainingSchedule, source: str) -> None:
+    """Raise CheckpointError when the U-Net config cannot work with the training schedule."""
+    name = config.get("_class_name")
+    if name != "UNet2DModel":
+        raise CheckpointError(
+            f"{source}: model class {name!r} is not supported; entropy-probe reads UNet2DModel "
+            f"image models (use --adapter module:function for others)"
+        )
+    check_time_embedding(config, schedule, source)
     expected_steps = config.get("num_train_timesteps")
     if expected_steps is not None and schedule.steps is not None and expected_steps != schedule.steps:
         raise CheckpointError(
@@ -599,7 +609,7 @@ def _weights_file(unet_dir: Path) -> Optional[Path]:
 
 
 def parse_pixel_range(value: Any) -> tuple[float, float]:
-    """Pixel range from '01', 'pm1', a 'low,high' string or a pair of numbers."""
+    """Parse a pixel range from '01', 'pm1', a 'low,high' string or a pair of numbers."""
     if value in ("01", "0,1", "[0,1]"):
         return (0.0, 1.0)
     if value in ("pm1", "-1,1", "[-1,1]"):
@@ -677,7 +687,7 @@ def load_folder(
 
 
 def _hub_cache_origin(path: Path) -> dict[str, str]:
-    """hub_id and commit of a folder inside a hub cache (models--ORG--NAME/snapshots/COMMIT)."""
+    """Return hub_id and commit of a folder inside a hub cache (models--ORG--NAME/snapshots/COMMIT)."""
     resolved = path.resolve()
     repo = resolved.parent.parent.name
     if resolved.parent.name != "snapshots" or not repo.startswith("models--"):

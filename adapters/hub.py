@@ -9,6 +9,7 @@ The cache is the one huggingface_hub uses: $HF_HUB_CACHE, else $HF_HOME/hub, els
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,8 +17,12 @@ from ..errors import CheckpointError
 from . import Adapter, register
 
 
+#: ORG/NAME with the characters the hub allows; paths such as /x/y, ./x or a/b/c do not match.
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9._-]+$")
+
+
 def cache_dir() -> Path:
-    """The hub cache folder named by the environment now."""
+    """Return the hub cache folder that the environment names at the time of the call."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     home = os.environ.get("HF_HOME") or os.path.join(
@@ -27,7 +32,7 @@ def cache_dir() -> Path:
 
 
 def fetch_hint(repo_id: str, revision: Optional[str] = None) -> str:
-    """The command that fetches a repository on a networked machine."""
+    """Describe the command that fetches a repository on a networked machine."""
     revision_flag = f" --revision {revision}" if revision and revision != "main" else ""
     return (
         f"fetch it on a networked machine with 'hf download {repo_id}{revision_flag}' "
@@ -66,6 +71,11 @@ def load_hub(source: str | Path, *, revision: Optional[str] = None, device: str 
     from .diffusers_adapter import detect, load_folder
 
     repo_id = str(source)
+    if not HUB_ID.match(repo_id):
+        raise CheckpointError(
+            f"checkpoint {repo_id!r} not found: it is neither an existing path, a catalog name nor a "
+            f"hub id (ORG/NAME); check the path, or run 'entropy-probe catalog list' for the known names"
+        )
     folder = snapshot_path(repo_id, revision)
     if not detect(folder):
         raise CheckpointError(
@@ -76,6 +86,6 @@ def load_hub(source: str | Path, *, revision: Optional[str] = None, device: str 
     return load_folder(folder, device=device, provenance=provenance, **options)
 
 
-# Hub ids are not local paths, so `detect` never matches; `load_denoiser` calls this adapter
+# Hub ids are not local paths, so `detect` never matches. `load_denoiser` calls this adapter
 # by name for ORG/NAME sources that are neither paths nor catalog names.
 register(Adapter("hub", lambda path: False, load_hub, "Hugging Face hub ids, from the local cache only"))

@@ -66,7 +66,7 @@ class CatalogEntry:
 # --- locating and reading ---------------------------------------------------------------------
 
 def builtin_directory() -> Optional[Path]:
-    """The folder of the built-in catalog files, or None when it cannot be found."""
+    """Find the folder of the built-in catalog files; return None when there is none."""
     try:
         from importlib.resources import files
 
@@ -80,7 +80,7 @@ def builtin_directory() -> Optional[Path]:
 
 
 def catalog_directories() -> list[Path]:
-    """Built-in folder first, then the folders of $ENTROPY_PROBE_CATALOG."""
+    """List the built-in folder first, then the folders of $ENTROPY_PROBE_CATALOG."""
     folders = []
     builtin = builtin_directory()
     if builtin is not None:
@@ -92,7 +92,7 @@ def catalog_directories() -> list[Path]:
 
 
 def load_catalog() -> dict[str, CatalogEntry]:
-    """All entries by name, validated; later folders replace earlier entries of the same name."""
+    """Read and validate all entries by name; later folders replace entries of the same name."""
     entries: dict[str, CatalogEntry] = {}
     for folder in catalog_directories():
         if not folder.is_dir():
@@ -171,7 +171,7 @@ def validate_entry(fields: dict[str, Any], file: Path) -> None:
 
 
 def get_entry(name: str) -> CatalogEntry:
-    """The entry called `name`; SpecError listing the names when there is none."""
+    """Return the entry called `name`; raise SpecError listing the names when there is none."""
     entries = load_catalog()
     if name not in entries:
         raise SpecError(f"unknown catalog entry {name!r}; known entries: {', '.join(sorted(entries)) or 'none'}")
@@ -181,7 +181,7 @@ def get_entry(name: str) -> CatalogEntry:
 # --- resolving to files -----------------------------------------------------------------------
 
 def entry_path(entry: CatalogEntry, revision: Optional[str] = None) -> Path:
-    """Local folder of an entry's weights; CatalogError when there are none on this machine."""
+    """Return the local folder of an entry's weights; raise CatalogError when they are not here."""
     if entry.kind == "hub":
         from .adapters.hub import snapshot_path
 
@@ -205,7 +205,7 @@ def entry_path(entry: CatalogEntry, revision: Optional[str] = None) -> Path:
 
 
 def resolve_catalog_name(name: str, revision: Optional[str] = None) -> Optional[Path]:
-    """Local directory of a catalog entry, or None when `name` is not in the catalog.
+    """Return the local directory of a catalog entry, or None when `name` is not in the catalog.
 
     Raises CatalogError when the entry exists but its weights are not on this machine.
     """
@@ -216,7 +216,7 @@ def resolve_catalog_name(name: str, revision: Optional[str] = None) -> Optional[
 
 
 def entry_status(entry: CatalogEntry) -> str:
-    """Where the entry's weights are: a short status for listings."""
+    """Describe where the entry's weights are, in a word or two for listings."""
     if entry.kind == "recipe":
         return "recipe (no weights)"
     try:

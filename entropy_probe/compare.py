@@ -2,14 +2,14 @@
 
 A trained denoiser defines e_θ for every process whose noise range it covers, so the same
 checkpoint can be measured under vp, sl, vpx, ... Each process is measured with
-`probe.measure` and the same settings; since the draws are addressed by (seed, node, sample),
+`probe.measure` and the same settings. The draws are addressed by (seed, node, sample), so
 node k of every process uses the same (x_0, ε) pairs, only at a different time t_k.
 
 The result is one Dataset with a `process` dimension (the canonical process specs) and a `node`
 dimension: the node times differ per process, so `t(process, node)` is a variable. Scalars such
 as `s_nn` become vectors over `process`. Attributes that differ between processes (the process
-itself, t_min, T, timings, the prior of the cross-entropy bound) are stored as JSON objects keyed
-by process spec; all other attributes are those of the single measurements.
+itself, t_min, T, timings, the prior of the cross-entropy bound) become JSON objects keyed by
+process spec. All other attributes are those of the single measurements.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def _cell(dataset: xr.Dataset, name: str, with_error: bool, index: int) -> str:
 
 
 def format_comparison(dataset: xr.Dataset) -> str:
-    """A text table: one row per process, estimates with their standard errors."""
+    """Format a text table: one row per process, estimates with their standard errors."""
     columns = [(title, name, err) for title, name, err in _COLUMNS if name in dataset]
     header = ["process", "t range"] + [title for title, _, _ in columns]
     rows = []
@@ -165,7 +165,7 @@ def format_comparison(dataset: xr.Dataset) -> str:
 
 
 def summarize_comparison(dataset: xr.Dataset) -> str:
-    """The table with a short header naming the model, data and estimate."""
+    """Format the table below a short header that names the model, data and estimate."""
     attrs = dataset.attrs
     head = [
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",

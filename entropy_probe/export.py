@@ -1,10 +1,10 @@
 """Export a U-Net checkpoint of `entropy-probe train` as a diffusers folder.
 
-The folder holds `unet/` (config.json and diffusion_pytorch_model.safetensors, written by
+The folder contains `unet/` (config.json and diffusion_pytorch_model.safetensors, written by
 `UNet2DModel.save_pretrained` from the unchanged state dict), `model_index.json` and
-`entropy_probe.json`. No diffusers scheduler can express an entropy-matching network, whose
-output is the excess score e_θ(x_t, t) of its own process with a preconditioning of its input,
-time and output, so `entropy_probe.json` records them and the diffusers adapter of this package
+`entropy_probe.json`. An entropy-matching network outputs the excess score e_θ(x_t, t) of its
+own process, with a preconditioning of its input, time and output. No diffusers scheduler can
+express that, so `entropy_probe.json` records them, and the diffusers adapter of this package
 reads it:
 
     e_θ(x_t, t) = unet(c_in x_t, time_scale · t).sample / σ(t)   (output_scaling inverse_sigma)
@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from . import __version__
 from .checkpoint import check_format, read_config, read_tensors, require, write_json_atomic
 from .errors import CheckpointError, OutputError, SpecError
-from .processes import from_spec
+from .processes import Process, from_spec
 
 FORMATS = ("diffusers",)
 #: Prefix of the prose `time_input.variable` of trainer checkpoints that feed the native time t.
@@ -41,7 +41,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "di
 
 
 def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Config and entropy_probe.json fields of a trainer U-Net checkpoint, after checking them."""
+    """Read and check a trainer U-Net checkpoint; return its config and the entropy_probe.json fields."""
     config = read_config(directory)
     check_format(config, directory)
     if config.get("kind") != "network":
@@ -52,7 +52,7 @@ def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any
     architecture = require(config, "architecture", str, directory)
     if architecture != "unet":
         raise CheckpointError(
-            f"{str(directory)!r} holds a {architecture!r} network; only U-Nets (UNet2DModel) have a "
+            f"{str(directory)!r} contains a {architecture!r} network; only U-Nets (UNet2DModel) have a "
             f"diffusers model class to export to"
         )
     parametrisation = config.get("parametrisation")
@@ -69,7 +69,14 @@ def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any
         data_mean_square = float(input_scaling.get("data_mean_square", 1.0))
     except (KeyError, TypeError, ValueError, SpecError) as error:
         raise CheckpointError(f"{str(directory)!r}: config.json has an invalid process, time range or scaling ({error})") from None
+    metadata = _metadata(config, process, (t_min, t_max), time_scale, input_scaling.get("kind"), data_mean_square)
+    return config, metadata
+
+
+def _metadata(config: dict[str, Any], process: Process, time_range: tuple[float, float], time_scale: float, input_scaling: Any, data_mean_square: float) -> dict[str, Any]:
+    """Build the entropy_probe.json fields of a checked trainer config."""
     data = config.get("data") or {}
+    t_min, t_max = time_range
     metadata = {
         "format": "entropy-probe-diffusers",
         "format_version": 1,
@@ -77,7 +84,7 @@ def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any
         "prediction": "excess_score",
         "time_input": "t",
         "time_scale": time_scale,
-        "input_scaling": input_scaling.get("kind"),
+        "input_scaling": input_scaling,
         "data_mean_square": data_mean_square,
         "output_scaling": config.get("output_scaling"),
         "sigma_tilde_range": [float(process.sigma_tilde(t_min)), float(process.sigma_tilde(t_max))],
@@ -92,7 +99,7 @@ def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any
             "when input_scaling is rms, else 1; the score of p_t is (2f/g^2) x_t + e"
         ),
     }
-    return config, metadata
+    return metadata
 
 
 def export_diffusers(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:

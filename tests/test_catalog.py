@@ -39,7 +39,8 @@ def test_google_ddpm_entries():
     entries = load_catalog()
     for name, (hub_id, size) in GOOGLE_DDPM.items():
         fields = entries[name].fields
-        assert fields["kind"] == "hub" and fields["hub_id"] == hub_id
+        assert fields["kind"] == "hub"
+        assert fields["hub_id"] == hub_id
         assert fields["scheduler"] == {
             "class": "DDPMScheduler",
             "beta_schedule": "linear",
@@ -53,7 +54,8 @@ def test_google_ddpm_entries():
         assert fields["image"]["quantization_step"] == pytest.approx(2 / 255)
         assert any(hub_id in url for url in fields["sources"])
         process = from_spec(fields["process"])
-        assert process.name == "ddpm" and len(process.betas) == 1000
+        assert process.name == "ddpm"
+        assert len(process.betas) == 1000
         np.testing.assert_allclose(process.betas[[0, -1]], [1e-4, 0.02])
 
 
@@ -108,7 +110,8 @@ def test_hub_and_shipped_entries_resolve(tmp_path, monkeypatch):
     assert from_hub.provenance["commit"] == revision
     assert from_hub.fingerprint == shipped.fingerprint
     statuses = {e.name: catalog.entry_status(e) for e in load_catalog().values()}
-    assert statuses["tiny-hub"] == "cached" and statuses["tiny-shipped"] == "shipped"
+    assert statuses["tiny-hub"] == "cached"
+    assert statuses["tiny-shipped"] == "shipped"
     assert statuses["ddpm-cifar10-32"] == "not cached"
 
 
@@ -152,7 +155,8 @@ def test_catalog_command(cli_run):
     listing = cli_run("catalog", "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines()[1:]}
-    assert rows["ddpm-church-256"] == "hub" and rows["paper-mnist-unet"] == "recipe"
+    assert rows["ddpm-church-256"] == "hub"
+    assert rows["paper-mnist-unet"] == "recipe"
     shown = cli_run("catalog", "show", "ddpm-church-256", "--json")
     assert json.loads(shown.stdout)["hub_id"] == "google/ddpm-church-256"
     missing = cli_run("catalog", "show", "nope")

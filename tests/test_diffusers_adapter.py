@@ -321,3 +321,9 @@ def test_cli_rejects_bad_input(cli_setup, cli_run, tmp_path, case, extra, messag
     assert message in error_lines[0]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "r.nc").exists()
+
+
+def test_missing_path_is_not_a_hub_id(tmp_path):
+    for source in (str(tmp_path / "nothing"), "./a/b", "a/b/c"):
+        with pytest.raises(CheckpointError, match="not found: it is neither an existing path"):
+            load_denoiser(source)

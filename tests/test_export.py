@@ -66,7 +66,8 @@ def test_exported_unet_follows_documented_formula(runs, tmp_path):
 
     folder = export_checkpoint(runs / "unet", tmp_path / "exported")
     metadata = json.loads((folder / "entropy_probe.json").read_text())
-    assert metadata["prediction"] == "excess_score" and metadata["output_scaling"] == "inverse_sigma"
+    assert metadata["prediction"] == "excess_score"
+    assert metadata["output_scaling"] == "inverse_sigma"
     unet = UNet2DModel.from_pretrained(str(folder), subfolder="unet").eval()
     process = from_spec(metadata["process"])
     model = load_denoiser(str(folder))
@@ -111,7 +112,8 @@ def test_export_command_line(runs, tmp_path, cli_run):
     result = cli_run("export", str(runs / "unet"), "--format", "diffusers", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert (out / "model_index.json").is_file() and (out / "entropy_probe.json").is_file()
+    assert (out / "model_index.json").is_file()
+    assert (out / "entropy_probe.json").is_file()
     measured = cli_run("measure", str(out), "--samples", "8", "--nodes", "3", "--out", str(tmp_path / "m.nc"), "--no-progress")
     assert measured.returncode == 0, measured.stderr
 

@@ -15,7 +15,7 @@ from . import cli
 def export_command(checkpoint, format_name, out, overwrite):
     """Export a U-Net trained by 'entropy-probe train' as a diffusers folder.
 
-    The folder holds unet/ (UNet2DModel config and safetensors weights), model_index.json and
+    The folder contains unet/ (UNet2DModel config and safetensors weights), model_index.json and
     entropy_probe.json, which records the process and the preconditioning that no diffusers
     scheduler can express. 'entropy-probe measure DIR' reads it back and gives the same numbers
     as the original checkpoint.
