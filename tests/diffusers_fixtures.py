@@ -89,7 +89,7 @@ def install_in_hub_cache(folder: Path, hf_home: Path, repo_id: str, revision: st
 
 
 def write_image_data(path: Path, count: int = 64, shape=(1, 8, 8), seed: int = 0) -> Path:
-    """An .npz of 8-bit-like images in [−1, 1] under the key x."""
+    """Write an .npz of 8-bit-like images in [−1, 1] under the key x."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, size=(count,) + tuple(shape)) * (2.0 / 255.0) - 1.0
     np.savez(path, x=x.astype(np.float64))

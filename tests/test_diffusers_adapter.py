@@ -230,8 +230,15 @@ def test_every_source_form_loads_same_model(tmp_path, monkeypatch, unet, pipelin
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    saved_by_diffusers = tmp_path / "saved_by_diffusers"
+    scheduler_fields = {k: v for k, v in DDPM_SCHEDULER.items() if not k.startswith("_") and k != "variance_type"}
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler(**scheduler_fields)).save_pretrained(str(saved_by_diffusers))
+
     models = {
         "pipeline": load_denoiser(str(pipeline_dir)),
+        "DDPMPipeline.save_pretrained": load_denoiser(str(saved_by_diffusers)),
         "bare": load_denoiser(str(bare), scheduler_config=str(scheduler_file)),
         "flat": load_denoiser(str(flat)),
         "hub": load_denoiser("tiny-org/tiny-ddpm"),
