@@ -14,12 +14,12 @@ from .plots import save_figure
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
-    """Whether items of this shape draw as images: (H, W), or (C, H, W) with C = 1 or 3."""
+    """Return whether items of this shape draw as images: (H, W), or (C, H, W) with C = 1 or 3."""
     return (len(shape) == 2 and min(shape) > 1) or (len(shape) == 3 and shape[0] in (1, 3) and min(shape[1:]) > 1)
 
 
 def _as_image(item: np.ndarray, shape: tuple[int, ...], pixel_range: Optional[tuple[float, float]]) -> np.ndarray:
-    """An item as an (H, W) or (H, W, 3) array in [0, 1] for imshow."""
+    """Convert an item to an (H, W) or (H, W, 3) array in [0, 1] for imshow."""
     image = np.asarray(item, dtype=np.float64).reshape(shape)
     if len(shape) == 3:
         image = image[0] if shape[0] == 1 else np.moveaxis(image, 0, -1)
@@ -101,6 +101,8 @@ def _entropy_panel(ax, dataset: xr.Dataset) -> None:
     values = [float(dataset[k]) for k in keys]
     errors = [2 * float(dataset[k + "_stderr"]) for k in keys]
     ax.bar(names, values, yerr=errors, color=["C0", "C1", "C3"], capsize=4)
+    if min(values) > 0 and max(values) > 30 * min(values):
+        ax.set_yscale("log")
     ax.set_ylabel("nats")
     ax.set_title(f"neural entropy; S_NN / ceiling = {float(dataset['ceiling_fraction']):.3g}", fontsize=9)
 
@@ -144,6 +146,7 @@ def _pairs_panel(subfigure, dataset: xr.Dataset, train: DataSource, data_shape, 
     ratios = dataset["nn_ratio"].values
     neighbours, _ = train.get(nearest_index[order])
     neighbours = neighbours.reshape(order.size, -1).numpy()
+
     if is_image_shape(tuple(data_shape)):
         axes = subfigure.subplots(2, order.size, squeeze=False)
         for j, i in enumerate(order):
@@ -151,6 +154,7 @@ def _pairs_panel(subfigure, dataset: xr.Dataset, train: DataSource, data_shape, 
             _show(axes[1, j], neighbours[j], data_shape, pixel_range, f"training item {nearest_index[i]}")
         subfigure.suptitle("most suspicious samples (top) and their nearest training items (bottom)", fontsize=9)
         return
+
     ax = subfigure.subplots(1, 1)
     train_x, _ = train.get(np.arange(min(len(train), 5000)))
     train_flat = train_x.reshape(train_x.shape[0], -1).numpy()
@@ -158,6 +162,7 @@ def _pairs_panel(subfigure, dataset: xr.Dataset, train: DataSource, data_shape, 
         train_flat = np.hstack([train_flat, np.zeros_like(train_flat)])
         samples = np.hstack([samples, np.zeros_like(samples)])
         neighbours = np.hstack([neighbours, np.zeros_like(neighbours)])
+
     ax.scatter(train_flat[:, 0], train_flat[:, 1], s=30, marker="x", color="C3", label="training items")
     ax.scatter(samples[:, 0], samples[:, 1], s=6, alpha=0.4, color="C0", label="generated samples")
     for j, i in enumerate(order):

@@ -171,6 +171,29 @@ class NotDifferentiableError(UserError):
     """The model's output carries no autograd graph, so its divergence cannot be taken."""
 
 
+def check_differentiable(model: Denoiser, x: torch.Tensor, sigma_tilde: float, labels: Optional[torch.Tensor]) -> None:
+    """Raise NotDifferentiableError unless denoise and ve_score carry an autograd graph.
+
+    Both are checked because either may wrap the network: a forward pass under torch.no_grad
+    still gives a ve_score = (D − x̃)/σ̃² that depends on x̃, but without D's Jacobian.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        probe_x = x[:1].detach().clone().requires_grad_(True)
+        level = torch.full((1,), sigma_tilde, dtype=torch.float64, device=x.device)
+        first_label = None if labels is None else labels[:1].to(x.device)
+        outputs = {
+            "denoise": model.denoise(probe_x, level, first_label),
+            "ve_score": model.ve_score(probe_x, level, first_label),
+        }
+    for name, output in outputs.items():
+        if not output.requires_grad:
+            raise NotDifferentiableError(
+                f"the model's {name} output carries no autograd graph (the adapter may run the "
+                f"network under torch.no_grad or inference_mode, or the output is constant), so "
+                f"the ODE likelihood cannot take its divergence; make the forward pass differentiable"
+            )
+
+
 def log_likelihood(
     model: Denoiser,
     process: Process,
@@ -259,15 +282,10 @@ def _integrate_batch(dynamics, x, labels, item_ids, prior, t_min, t_max, setting
         with torch.inference_mode(False), torch.enable_grad():
             state = y[:, :dim].detach().clone().reshape((y.shape[0],) + shape).requires_grad_(True)
             velocity = dynamics.flow_velocity(state, coeffs, index)
-            if not velocity.requires_grad:
-                raise NotDifferentiableError(
-                    "the model's output does not depend differentiably on its input (it may run "
-                    "under torch.no_grad or inference_mode), so the ODE likelihood cannot take "
-                    "its divergence; make the adapter's forward pass differentiable"
-                )
             divergence = _divergence(velocity, state, None if probes is None else probes[index])
         return torch.cat([velocity.detach().reshape(y.shape[0], dim), divergence.detach()[:, None]], dim=1)
 
+    check_differentiable(dynamics.model, x, float(process.sigma_tilde(t_min)), labels)
     y0 = torch.cat([x.reshape(size, dim), torch.zeros((size, 1), dtype=torch.float64, device=x.device)], dim=1)
     result = dormand_prince(
         rhs,

@@ -15,9 +15,9 @@ Samplers:
 - `ode`: Heun's method (second order) on the same nodes.
 - `ode-adaptive`: Dormand–Prince 5(4) with a step size of its own for every sample.
 
-Every sample has its own random generator (seeded from the seed and the sample index) that
-draws its start at T and then its noise at every step, so a sample does not depend on the
-batch size or on the other samples. Sampling starts from the prior π at T (see
+Every sample has its own random generator, seeded from the seed and the sample index. It
+draws the sample's start at T and then its noise at every step, so a sample does not depend
+on the batch size or on the other samples. Sampling starts from the prior π at T (see
 `quantities.prior_for`) and may end with a denoising step x̂_0 = D(x/α, σ̃) at t_min.
 """
 
@@ -128,7 +128,7 @@ def log_sigma_tilde_nodes(process: Process, t_min: float, t_max: float, steps: i
 class ReverseDynamics:
     """Drifts of the generative SDE and ODE of one denoiser under one process.
 
-    `labels` holds the class of every item of the batch being integrated (or None);
+    `labels` contains the class of every item of the batch being integrated (or None);
     `evaluations` counts denoiser evaluations per item of that batch.
     """
 
@@ -208,6 +208,8 @@ def _adaptive(dynamics: ReverseDynamics, x: torch.Tensor, t_min: float, t_max: f
     shape = x.shape
 
     def rhs(y: torch.Tensor, u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        # Every item has its own u, and the process maps u to t in NumPy: one small host
+        # round trip per evaluation.
         t = process.t_from_log_sigma_tilde(u.cpu().numpy())
         coeffs = Coefficients.at(process, np.asarray(t, dtype=np.float64), y.device)
         state = y.reshape((y.shape[0],) + tuple(shape[1:]))
@@ -246,7 +248,7 @@ def resolve_labels(model: Denoiser, n: int, labels: Optional[list[int] | np.ndar
 
 
 def resolve_prior(process: Process, t_max: float, dim: int, second_moment: Optional[float]) -> Prior:
-    """The prior π at T; the moment-matched one needs E|x_0|² of the data."""
+    """Return the prior π at T. The moment-matched prior needs E|x_0|² of the data."""
     if float(process.f(t_max)) < 0:
         return prior_for(process, t_max, dim, 0.0)
     if second_moment is None:

@@ -40,9 +40,10 @@ from .common import check_device, positive_int, progress_enabled, save_options, 
 def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, process_spec, t_min, t_max, samples, nodes, items, likelihood_items, probes, probe, generate, sampler, steps, copy_ratio, seed, batch_size, device, overwrite, dry_run, progress):
     """Audit CHECKPOINT for memorisation of its training set.
 
-    Compares S_NN with the memorisation ceiling (S_tot of the training set's empirical law),
-    the cross-entropy bound and the ODE likelihood of training against held-out items, and
-    the nearest training items of generated samples; prints a verdict table.
+    Compares S_NN with the memorisation ceiling (S_tot of the training set's empirical law).
+    Compares the cross-entropy bound and the ODE likelihood of training items with those of
+    held-out items. Finds the nearest training items of generated samples. Prints a verdict
+    table with the threshold of every signal.
 
     \b
     Examples:
