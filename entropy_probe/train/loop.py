@@ -12,8 +12,8 @@ Reproducibility: the data order comes from one torch.Generator and the times, no
 seeds from another, both on the CPU, so the run does not depend on the device's random number
 generator. The state at the end of every epoch is saved: weights, Adam moments, EMA, generator
 states, epoch, step and loss history. On the CPU a resumed run therefore ends with the same
-weights as an uninterrupted one; on a GPU only to round-off, because kernels such as the
-convolution backward pass are not deterministic. An interruption inside an epoch repeats that
+weights as an uninterrupted one. On a GPU they agree only to round-off, because kernels such as
+the convolution backward pass are not deterministic. An interruption inside an epoch repeats that
 epoch from its start.
 """
 
@@ -98,7 +98,7 @@ class TrainSettings:
         if self.architecture not in ARCHITECTURES + ("auto",):
             raise SpecError(f"unknown --model {self.architecture!r}; choose auto, {', '.join(ARCHITECTURES)}")
         if not self.data:
-            raise SpecError("no training data given; pass --data SPEC, for example --data mnist:n_c=10")
+            raise SpecError("missing training data; pass --data SPEC, for example --data mnist:n_c=10")
         if self.epochs < 1:
             raise SpecError(f"invalid --epochs {self.epochs}; it must be >= 1")
         if self.batch_size < 1:
@@ -245,7 +245,7 @@ class Trainer:
         return torch.as_tensor(values, dtype=like.dtype, device=like.device).reshape((-1,) + (1,) * (like.dim() - 1))
 
     def train_step(self, x0: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """One Adam step on a batch; return the summed per-item loss (a 0-dim tensor on the device)."""
+        """Take one Adam step on a batch; return the summed per-item loss (0-dim, on the device)."""
         s = self.settings
         draws = s.noise_draws
         x0 = x0.repeat_interleave(draws, dim=0)
