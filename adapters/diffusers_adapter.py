@@ -84,6 +84,8 @@ VE_SCHEDULERS = frozenset({"ScoreSdeVeScheduler"})
 #: 8-bit images in [−1, 1], the convention of diffusers' DDPM pipelines (they map the output
 #: back with image / 2 + 0.5).
 DEFAULT_PIXEL_RANGE = (-1.0, 1.0)
+#: ScoreSdeVePipeline clamps its samples to [0, 1] (diffusers 0.42), so its models use [0, 1].
+SCORE_SDE_VE_PIXEL_RANGE = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -650,6 +652,8 @@ def load_folder(
         chosen_range = parse_pixel_range(pixel_range)
     elif metadata.get("pixel_range") is not None:
         chosen_range = parse_pixel_range(metadata["pixel_range"])
+    elif schedule.details.get("scheduler") in VE_SCHEDULERS:
+        chosen_range = SCORE_SDE_VE_PIXEL_RANGE
     else:
         chosen_range = DEFAULT_PIXEL_RANGE
     step = metadata.get("quantization_step") if pixel_range is None else None

@@ -176,6 +176,7 @@ def test_fourier_score_sde_ve(tmp_path):
     model = load_denoiser(str(folder))
     assert (model.sigma_min, model.sigma_max) == (0.01, 50.0)
     assert model.native_process.startswith("ve:")
+    assert model.pixel_range == (0.0, 1.0)
     sigma = torch.tensor([0.01, 0.5, 7.0, 50.0], dtype=torch.float64)
     x = probe_input(4)
     with torch.no_grad():
