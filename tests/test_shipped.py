@@ -105,6 +105,8 @@ def test_shipped_s_nn_matches_record(name):
     )
     result = api.measure_checkpoint(model, process=settings["process"], data=settings["data"], settings=measure_settings)
 
+    # NOTE: the reported standard error of ce_bound underestimates the spread between seeds for
+    # gmm3-mlp-vp (0.12 against 0.16 nats at 256 samples), so its check has less margin.
     for quantity in ("s_nn", "ce_bound"):
         difference = float(result[quantity]) - recorded[quantity]
         combined = math.hypot(recorded[f"{quantity}_stderr"], float(result[f"{quantity}_stderr"]))
