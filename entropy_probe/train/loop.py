@@ -217,7 +217,9 @@ class Trainer:
         # The module the steps run: the network itself, or its DistributedDataParallel wrapper.
         self.model = distributed.wrap_model(self.network, self.context)
         self.conditional = self.settings.architecture == "unet" and self.arguments.get("num_class_embeds") is not None
-        self.optimizer = torch.optim.Adam(self.network.core.parameters(), lr=self.settings.lr)
+        # The multi-tensor (foreach) Adam updates all parameters in a few kernels; PyTorch uses it
+        # by default on CUDA only, and on the CPU it saves a few per cent of a U-Net step.
+        self.optimizer = torch.optim.Adam(self.network.core.parameters(), lr=self.settings.lr, foreach=True)
         # Detached views of the live weights (they share storage with the parameters).
         self._live = dict(self.network.core.state_dict())
         self.ema = (
