@@ -128,7 +128,7 @@ def load(name: str, process_spec: Optional[str] = None, data_spec: Optional[str]
 
 
 def machine() -> str:
-    """One line about the machine the numbers come from."""
+    """Describe in one line the machine the numbers come from."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -155,8 +155,8 @@ def timed(function: Callable[[], object]) -> tuple[float, object]:
 def clocked(function: Callable[[], object]) -> tuple[float, float, object]:
     """Wall-clock and CPU seconds (all threads of this process) of `function()`, and its value.
 
-    On a machine shared with other work the CPU time is the steadier measure of the work done;
-    the wall-clock time is what a user waits.
+    On a machine shared with other work the CPU time is the steadier measure of the work done.
+    The wall-clock time is what a user waits for.
     """
     if torch.cuda.is_available():
         torch.cuda.synchronize()

@@ -44,27 +44,31 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=17)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per sample count")
     args = parser.parse_args()
     benchlib.header("peak memory against the number of samples")
 
     bench_dir = str(Path(__file__).resolve().parent)
     print(f"{'samples/node':>12s} {'evaluations':>11s} {'RSS before MB':>13s} {'peak RSS MB':>11s} {'CUDA peak MB':>12s} {'seconds':>8s}")
-    peaks = []
-    for samples in (int(s) for s in args.samples.split(",")):
-        code = CHILD.format(
-            bench=bench_dir, model=args.model, process=args.process, data=args.data, samples=samples,
-            nodes=args.nodes, batch_size=args.batch_size, device=args.device,
-        )
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"error: the measurement with {samples} samples failed:\n{done.stderr}")
-        record = json.loads(done.stdout.strip().splitlines()[-1])
-        peaks.append(record["after_kb"] / 1024)
-        print(
-            f"{samples:12d} {record['evaluations']:11d} {record['before_kb'] / 1024:13.1f} {record['after_kb'] / 1024:11.1f} "
-            f"{record['cuda_bytes'] / 2**20:12.1f} {record['seconds']:8.2f}"
-        )
-    print(f"peak RSS, largest over smallest sample count: {max(peaks[-1], 1e-9) / peaks[0]:.3f} (flat = 1.00)")
+    peaks: dict[int, list[float]] = {}
+    sizes = [int(s) for s in args.samples.split(",")]
+    for _ in range(args.repeats):
+        for samples in sizes:
+            code = CHILD.format(
+                bench=bench_dir, model=args.model, process=args.process, data=args.data, samples=samples,
+                nodes=args.nodes, batch_size=args.batch_size, device=args.device,
+            )
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"error: the measurement with {samples} samples failed:\n{done.stderr}")
+            record = json.loads(done.stdout.strip().splitlines()[-1])
+            peaks.setdefault(samples, []).append(record["after_kb"] / 1024)
+            print(
+                f"{samples:12d} {record['evaluations']:11d} {record['before_kb'] / 1024:13.1f} {record['after_kb'] / 1024:11.1f} "
+                f"{record['cuda_bytes'] / 2**20:12.1f} {record['seconds']:8.2f}"
+            )
+    smallest, largest = min(peaks[sizes[0]]), min(peaks[sizes[-1]])
+    print(f"peak RSS, largest over smallest sample count (lowest of the repeats): {largest / smallest:.3f} (flat = 1.00)")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Probe overhead: wall time of `measure` over the bare forward passes of its network.
 
 The script records the inputs of every forward call of the network module during one
-measurement, then times, in alternation, (a) the whole measurement (draws, rates, sums, the
+measurement. It then times, in alternation, (a) the whole measurement (draws, rates, sums, the
 Dataset) and (b) the same forward calls on the recorded inputs and nothing else. The ratio
 a/b is the cost of everything the probe adds; 1.00 would be free. The module timed is the
 model's `network` (its `core` when it has one, which leaves the adapter's own arithmetic on
 the probe's side of the ratio).
 
-    python bench/overhead.py --model random-unet --samples 64 --nodes 17 --repeats 5
+    python bench/overhead.py --model random-unet --samples 64 --strata 16 --repeats 5
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--model", default="random-unet", help="checkpoint path or random-unet")
     parser.add_argument("--process", default=None)
     parser.add_argument("--data", default=None)
-    parser.add_argument("--samples", type=int, default=64)
-    parser.add_argument("--nodes", type=int, default=17)
+    parser.add_argument("--samples", type=int, default=64, help="samples per stratum")
+    parser.add_argument("--strata", type=int, default=16, help="strata of the default (importance) estimator")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
@@ -64,8 +64,8 @@ def main() -> None:
 
     def run(prefetch: bool = True):
         settings = MeasureSettings(
-            samples=args.samples, nodes=args.nodes, batch_size=args.batch_size, device=args.device,
-            seed=0, progress=False, prefetch=prefetch,
+            estimator="importance", samples=args.samples, strata=args.strata, batch_size=args.batch_size,
+            device=args.device, seed=0, progress=False, prefetch=prefetch,
         )
         return measure(bench.model, bench.process, bench.data, settings)
 

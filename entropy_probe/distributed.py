@@ -53,7 +53,7 @@ class Context:
 
 
 def launched_by_torchrun() -> bool:
-    """Whether RANK, WORLD_SIZE and LOCAL_RANK are all set, as torchrun does."""
+    """Return whether RANK, WORLD_SIZE and LOCAL_RANK are all set, as torchrun does."""
     return all(name in os.environ for name in ENVIRONMENT)
 
 
@@ -93,7 +93,7 @@ def init_from_environment(device: str = "cpu", timeout_s: float = 1800.0) -> Con
 
 
 def current(device: str = "cpu") -> Context:
-    """The context of an already initialised process group, or the single-process one."""
+    """Return the context of an already initialised process group, or the single-process one."""
     if not (dist.is_available() and dist.is_initialized()):
         return Context(device=device)
     local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
@@ -131,7 +131,7 @@ def silence_unless_main(context: Context, keep_stderr: bool = False) -> None:
     Every rank validates the same input and fails the same way, so rank 0 alone reports. The
     redirection is at the file-descriptor level and so also covers log handlers and messages
     from C++. With `keep_stderr`, errors of other ranks stay visible (for debugging a failure
-    of one rank); torchrun reports the exit status of every rank in any case.
+    of one rank). torchrun reports the exit status of every rank in any case.
     """
     if context.is_main:
         return

@@ -2,8 +2,8 @@
 
 Every draw is addressed by (stream, cell, sample index), where a cell is a quadrature node or a
 stratum of an importance-sampled estimate. Items are generated in fixed chunks of `CHUNK`
-samples, each from its own generator seeded by (seed, kind, stream, cell, chunk), so an
-estimate gives the same numbers for any batch size and for any split of the items over the
+samples, each from its own generator seeded by (seed, kind, stream, cell, chunk). An estimate
+therefore gives the same numbers for any batch size, and for any split of the items over the
 ranks of a distributed run. Draws are made on the CPU in float64 (NumPy's PCG64 for ε and the
 uniforms behind the times, the data source's own sampler for x_0) and moved to the evaluation
 device afterwards.

@@ -18,10 +18,10 @@ in cell j), where a cell is a node or a stratum:
   rate at t_j. Assumes the rate is smooth enough in log σ̃ for the rule; the standard error
   covers the Monte Carlo error only, not the quadrature error.
 - `ImportanceDesign`: t is drawn per sample from a proposal q(t), stratified into S cells of
-  equal probability; a value is rate(t) / (S q(t) w_j) with w_j the width of stratum j in t,
-  so Σ_j w_j × mean is unbiased for the integral and each cell mean is unbiased for the
-  average rate over its stratum. Assumes q > 0 wherever the rate is (the proposals mix in a
-  uniform density for this) and a finite variance of rate/q.
+  equal probability. A value is rate(t) / (S q(t) w_j), with w_j the width of stratum j in t.
+  Then Σ_j w_j × mean is unbiased for the integral, and each cell mean is unbiased for the
+  average rate over its stratum. Assumes q > 0 wherever the rate is positive (the proposals
+  mix in a uniform density for this) and a finite variance of rate/q.
 
 Standard errors treat the cell means as independent with variance (sample variance)/n. With
 antithetic pairs the unit of a cell is the mean over the pair (x_0, ε) and (x_0, −ε), so the
@@ -125,12 +125,14 @@ def sample_rates(
     sigma = coeffs.expand("sigma", x0)
     k = coeffs.expand("k", x0)
     x_t = torch.addcmul(alpha * x0, sigma, noise)
+
     score = field.score(x_t, coeffs, labels)
     # e_θ = score − k x_t, and e_θ − s_c = score + ε/σ: the k x_t terms cancel exactly.
     e = torch.addcmul(score, k, x_t, value=-1.0)
     residual = torch.addcmul(score, noise, 1.0 / sigma)
     nn = _row_dot(e, e)
     check_finite(nn, coeffs)
+
     loss = _row_dot(residual, residual)
     x0_sq = _row_dot(x0, x0)
     d = math.prod(x0.shape[1:])
@@ -142,6 +144,7 @@ def sample_rates(
         "loss": half_g2 * loss,
         "cross": half_g2 * 0.5 * (nn + q - loss),
     }
+
     if reference is not None:
         # An oracle measured against itself: the exact score is the model's own output.
         if reference.denoiser is field.denoiser and reference.process is field.process:
@@ -207,12 +210,12 @@ class ImportanceDesign:
 # --- planning items into batches ------------------------------------------------------------------
 
 def round_segments(start_counts: np.ndarray, stop_counts: np.ndarray) -> list[Segment]:
-    """The items [start_j, stop_j) of every cell j, cell-major."""
+    """Return the items [start_j, stop_j) of every cell j as segments, cell-major."""
     return [(cell, int(a), int(b)) for cell, (a, b) in enumerate(zip(start_counts, stop_counts)) if b > a]
 
 
 def take_units(segments: Sequence[Segment], first: int, last: int) -> list[Segment]:
-    """The part of `segments` from unit ordinal `first` to `last` (ordinals count cell-major)."""
+    """Return the part of `segments` from unit ordinal `first` to `last` (ordinals count cell-major)."""
     taken = []
     position = 0
     for cell, start, stop in segments:
@@ -435,6 +438,34 @@ def _to_sums(quantities, count, total, total_sq) -> NodeSums:
 
 # --- rounds towards a target standard error ---------------------------------------------------------
 
+def neyman_shares(sums: NodeSums, weights: np.ndarray, quantity: str = "nn", smooth: int = 2, floor: float = 0.1) -> np.ndarray:
+    """Return |w_j| s_j per cell, with s_j the spread of a unit's value in cell j.
+
+    The variances are averaged over the 2·`smooth` + 1 neighbouring cells (cells are ordered in
+    time), which steadies estimates from a few samples per cell. Each share is at least
+    `floor` times the mean share, so a cell whose few samples happened to agree is not starved.
+    """
+    variance = sums.variance_of_mean(quantity) * sums.count
+    if smooth > 0 and variance.size > 1:
+        cumulative = np.concatenate([[0.0], np.cumsum(variance)])
+        index = np.arange(variance.size)
+        low = np.maximum(index - smooth, 0)
+        high = np.minimum(index + smooth + 1, variance.size)
+        variance = (cumulative[high] - cumulative[low]) / (high - low)
+    share = np.abs(weights) * np.sqrt(variance)
+    return np.maximum(share, floor * share.mean())
+
+
+def planned_counts(shares: np.ndarray, target_variance: float, minimum: int = 2) -> np.ndarray:
+    """Return the counts n_j ∝ shares_j whose variance Σ shares_j²/n_j equals `target_variance`.
+
+    Neyman allocation: at a fixed total Σ n_j the variance Σ_j w_j² s_j²/n_j is smallest for
+    n_j ∝ |w_j| s_j, and then equals (Σ_j |w_j| s_j)² / Σ_j n_j.
+    """
+    wanted = np.ceil(shares * shares.sum() / target_variance)
+    return np.maximum(wanted, minimum).astype(np.int64)
+
+
 def next_counts(
     sums: NodeSums,
     weights: np.ndarray,
@@ -442,27 +473,19 @@ def next_counts(
     affordable_units: int,
     quantity: str = "nn",
     growth: float = 4.0,
-    floor: float = 0.1,
 ) -> Optional[np.ndarray]:
-    """Cell counts for the next round, or None when no affordable round can help.
+    """Return the cell counts after one more round, or None when no affordable round can help.
 
-    Neyman allocation: the variance Σ_j w_j² s_j²/n_j at a fixed total Σ n_j is smallest for
-    n_j ∝ |w_j| s_j, with s_j the standard deviation of a unit's value in cell j. The round
-    adds samples (never removes) towards the counts that reach 95 % of the target, at most
-    `growth` times the units so far (so a poor early variance estimate is corrected by the
-    next round) and at most `affordable_units`. Each cell keeps at least `floor` times the
-    mean share |w| s, so a cell whose few samples happened to agree is not starved.
+    The round adds samples (never removes) towards the Neyman counts that reach 95 % of the
+    target, at most `growth` times the units so far and at most `affordable_units`.
     """
     n = sums.count
     estimate = float(weights @ sums.mean(quantity))
-    spread = np.sqrt(sums.variance_of_mean(quantity) * n)
-    share = np.abs(weights) * spread
-    share = np.maximum(share, floor * share.mean())
+    shares = neyman_shares(sums, weights, quantity)
     target_variance = (0.95 * target_relative * abs(estimate)) ** 2
-    if not (target_variance > 0 and share.sum() > 0):
+    if not (target_variance > 0 and shares.sum() > 0):
         return None
-    wanted = np.ceil(share * share.sum() / target_variance)
-    extra = np.maximum(wanted - n, 0.0)
+    extra = np.maximum(planned_counts(shares, target_variance) - n, 0.0)
     cap = min(growth * n.sum(), float(affordable_units))
     if extra.sum() > cap:
         extra = np.floor(extra * cap / extra.sum())

@@ -5,16 +5,16 @@ but autocast leaves float64 tensors alone, so the conversion of its output to e_
 stay float64. Options that need CUDA (autocast, compilation, CUDA graphs) fall back to plain
 float32 evaluation on other devices with a logged note, never an error.
 
-`choose_batch_size` sizes batches under a memory budget: on CUDA from torch.cuda's peak-memory
-counter over two probe batches (a linear fit in the batch size), elsewhere from the bytes of
-every module output during one probe forward pass plus the float64 temporaries of the rates.
+`choose_batch_size` sizes batches under a memory budget. On CUDA it reads torch.cuda's
+peak-memory counter over two probe batches and fits a line in the batch size. Elsewhere it adds
+the bytes of every module output during one probe forward pass and the float64 temporaries of
+the rates, an upper bound because nested modules count shared outputs twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
@@ -31,8 +31,8 @@ BATCH_QUANTUM = 64
 #: GPU batch of 65536 items already hides every launch overhead.
 MAX_AUTO_BATCH = {"cpu": 4096, "cuda": 65536}
 
-#: Float64 arrays of one item's size that the rate computation holds at its peak (x_0, ε, x_t,
-#: score, e_θ, residual and the denoiser's own temporaries), for the memory estimate.
+#: Float64 arrays of one item's size that the rate computation keeps alive at its peak (x_0, ε,
+#: x_t, score, e_θ, residual and the denoiser's own temporaries), for the memory estimate.
 RATE_TEMPORARIES = 12
 
 T = TypeVar("T")
@@ -72,7 +72,7 @@ def prepare_module(module: torch.nn.Module, *, channels_last: bool, compile_mode
     """Return `module` in channels-last layout and compiled, as requested.
 
     CUDA graphs come from torch.compile's "reduce-overhead" mode, which captures and replays
-    them; it needs inputs of a fixed shape, so the estimator pads the last batch.
+    them. That mode needs inputs of a fixed shape, so the estimator pads the last batch.
     """
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -149,7 +149,7 @@ def _tensors(value) -> Iterator[torch.Tensor]:
         for item in value.values():
             yield from _tensors(item)
     elif hasattr(value, "__dataclass_fields__") or hasattr(value, "to_tuple"):
-        # diffusers returns output dataclasses such as UNet2DOutput.
+        # Output dataclasses (diffusers' outputs are dicts and take the branch above).
         for item in vars(value).values():
             yield from _tensors(item)
 
@@ -212,10 +212,3 @@ def _cuda_bytes_per_item(probe: Callable[[int], None], device: torch.device) -> 
     # Allocator fragmentation and cuDNN workspaces grow with the batch: keep a margin.
     return 1.15 * slope, fixed
 
-
-def format_bytes(value: float) -> str:
-    if value <= 0:
-        return "0 B"
-    units = ["B", "KB", "MB", "GB", "TB"]
-    power = min(int(math.log(value, 1000)), len(units) - 1)
-    return f"{value / 1000**power:.3g} {units[power]}"

@@ -45,11 +45,17 @@ REFERENCE_BATCH = 4096
 
 @dataclass
 class MeasureSettings:
-    """Options of one measurement; defaults are those of `entropy-probe measure`."""
+    """Options of one measurement.
+
+    The defaults are those of `entropy-probe measure` except the estimator: the command uses
+    importance sampling unless --nodes or --rule is given, and this class defaults to the grid,
+    whose nodes and rule other callers set.
+    """
 
     t_min: Optional[float] = None
     t_max: Optional[float] = None
-    #: Samples (units) per cell of the first round: per node (grid) or per stratum (importance).
+    #: Samples (units) per cell: per node (grid) or per stratum (importance). With a target
+    #: standard error, those of the pilot round that plans the sampling.
     samples: int = 256
     nodes: int = 65
     seed: int = 0
@@ -272,6 +278,22 @@ def build_dataset(
     variables["s_nn_stderr"] = _scalar(s_nn_se, NATS, "Monte Carlo standard error of s_nn")
     variables["s_nn_bits"] = _scalar(s_nn / LN2, "bits", "neural entropy S_NN in bits")
     variables["s_nn_per_dim"] = _scalar(s_nn / dim, "nats per dimension", "neural entropy per data dimension")
+    check = quadrature_check(grid, process, sums)
+    if check is not None:
+        difference, difference_se = check
+        variables["s_nn_quadrature_check"] = _scalar(
+            difference, NATS, f"s_nn minus the {grid.rule} rule on every other node (same node means)",
+            stderr=difference_se,
+            meaning="for a rate that is smooth on the node spacing the quadrature error of s_nn is about 1/15 "
+            "(simpson) or 1/3 (trapezoid) of this; a value far outside ±3 stderr means it is not smooth",
+        )
+        if abs(difference) > 3 * difference_se and abs(difference) > s_nn_se:
+            logger.warning(
+                "the rate changes on the scale of the node spacing: halving the nodes moves S_NN by %.3g "
+                "(± %.2g) nats, more than its standard error %.2g, which leaves out the quadrature error; "
+                "use --estimator importance (unbiased) or more --nodes",
+                difference, difference_se, s_nn_se,
+            )
     variables["cross_term"] = _scalar(cross, NATS, "cross term C = ∫ (g²/2) E[e_θ · s_c] dt")
     variables["cross_term_stderr"] = _scalar(cross_se, NATS, "Monte Carlo standard error of cross_term")
     variables["denoising_loss"] = _scalar(loss, NATS, "L = ∫ (g²/2) E|e_θ − s_c|² dt")
@@ -329,6 +351,26 @@ def build_dataset(
         variables["thermo_length_tot_stderr"] = _scalar(tot_length_se, "data units", "standard error of thermo_length_tot")
 
     return xr.Dataset(variables, coords=coords)
+
+
+def quadrature_check(grid: Grid, process: Process, sums: NodeSums) -> Optional[tuple[float, float]]:
+    """Return S_NN of `grid` minus that of its rule on every other node, and the difference's stderr.
+
+    Both use the same node means, so most of their Monte Carlo noise cancels. Defined for the
+    simpson and trapezoid rules on nodes uniform in log σ̃ whose every other node forms a grid
+    of the same rule; None otherwise.
+    """
+    if grid.rule not in ("simpson", "trapezoid") or grid.size < 5 or grid.size % 2 == 0:
+        return None
+    coarse_nodes = (grid.size + 1) // 2
+    if grid.rule == "simpson" and coarse_nodes % 2 == 0:
+        return None
+    coarse = make_grid(process, grid.t_min, grid.t_max, coarse_nodes, grid.rule)
+    weights = grid.weights.copy()
+    weights[::2] -= coarse.weights
+    weights[1::2] = grid.weights[1::2]
+    difference = float(weights @ sums.mean("nn"))
+    return difference, math.sqrt(float((weights**2) @ sums.variance_of_mean("nn")))
 
 
 def _length(grid: Grid, half_g2: np.ndarray, rate: np.ndarray, rate_var: np.ndarray) -> tuple[float, float]:
@@ -428,6 +470,7 @@ def _provenance(process, data, settings, design, model, reference, extra, elapse
         "throughput_notes": setup.notes,
         "network_evaluations": int(outcome.evaluations),
         "pilot_evaluations": int(pilot_evaluations),
+        "planning_evaluations": int(outcome.planning_evaluations),
         "wall_time_seconds": round(elapsed, 3),
         "data": data.spec,
         "data_dim": data.dim,

@@ -1,17 +1,16 @@
 """Running one estimate: the engine and its throughput options, the design, and the sampling rounds.
 
 `measure` (in `probe`) calls `setup_engine`, `make_design` and `run_rounds` in that order.
-With a target standard error, the first round takes `samples` units per cell and every later
-round adds units where they reduce the variance most (see `estimators.next_counts`), until
-the relative standard error of S_NN reaches the target or the evaluation cap is spent.
 
-What the adaptive rounds assume: every cell's values have a finite variance, and the first
-round is large enough (a few units per cell, tens of cells) for the pooled variance
-estimates to be roughly right. The estimate stays the weighted sum of cell means, and its
-standard error is computed from the final counts. Because the counts of later rounds depend
-on earlier values, the cell means are not exactly unbiased; the bias is of order 1/n per
-cell, far below the standard error at the sample sizes used (the oracle tests check the
-mean over many repeated adaptive estimates against the exact value).
+With a target standard error, a pilot round of `samples` units per cell only plans: its
+per-cell spreads (averaged over neighbouring cells) give the Neyman allocation n_j ∝ |w_j| s_j
+that reaches 85 % of the target. A fresh round with those counts and new draws is the estimate,
+so its value is unbiased and its standard error honest, whatever the pilot saw. Only if that
+round still falls short of the target (the pilot underestimated the spread) are further
+rounds added and pooled with it. Those later counts depend on earlier values, which biases the
+cell means by a term of order 1/n; `rounds` in the result says whether that happened (2 means
+it did not). What the rounds assume: finite variances, and a pilot large enough for the
+smoothed spreads to be roughly right (a few units per cell over tens of cells).
 """
 
 from __future__ import annotations
@@ -28,7 +27,17 @@ from . import distributed
 from .denoiser import Denoiser
 from .draws import STREAM_PILOT, Draws
 from .errors import SpecError
-from .estimators import Engine, GridDesign, ImportanceDesign, NodeSums, next_counts, relative_stderr, sample_rates
+from .estimators import (
+    Engine,
+    GridDesign,
+    ImportanceDesign,
+    NodeSums,
+    next_counts,
+    neyman_shares,
+    planned_counts,
+    relative_stderr,
+    sample_rates,
+)
 from .evaluation import autocast, choose_batch_size, effective_options, is_cuda
 from .field import Coefficients, EntropyMatchingField
 from .processes import Process
@@ -42,6 +51,10 @@ PILOT_NODES = 33
 
 #: Evaluation cap of a run with a target standard error when none is given.
 DEFAULT_MAX_EVALUATIONS = 10_000_000
+
+#: The estimating round aims at this fraction of the target standard error, because its
+#: size is planned from a pilot's variance estimates, which are themselves uncertain.
+PLANNING_MARGIN = 0.85
 
 
 @dataclass
@@ -60,6 +73,8 @@ class RoundsOutcome:
     rounds: int
     target_met: Optional[bool]
     relative_stderr: float
+    #: Evaluations of the pilot round that planned the sampling (not part of the estimate).
+    planning_evaluations: int = 0
 
 
 def setup_engine(
@@ -168,47 +183,79 @@ def run_rounds(
     on_batch: Optional[Callable[[NodeSums, int], None]] = None,
     progress=None,
 ) -> RoundsOutcome:
-    """Sample `settings.samples` units per cell, then add rounds until the target is met."""
+    """Sample the design: one round of `settings.samples` per cell, or rounds towards the target."""
     weights = design.grid.weights
     cells = design.grid.size
     counts = np.full(cells, settings.samples, dtype=np.int64)
-    cap = max_evaluations(settings)
-    first = engine.run(
-        design, np.zeros(cells, dtype=np.int64), counts, first_unit=first_item,
-        progress=_labelled(progress, "measure"), on_batch=on_batch, base=sums,
-    )
-    total = first.sums
-    if sums is not None:
-        total.merge(sums)
-    evaluations = spent + first.evaluations
-    rounds = 1
-    target_met: Optional[bool] = None
+    zeros = np.zeros(cells, dtype=np.int64)
+    if settings.target_stderr is None:
+        first = engine.run(
+            design, zeros, counts, first_unit=first_item, progress=_labelled(progress, "measure"), on_batch=on_batch, base=sums
+        )
+        total = first.sums
+        if sums is not None:
+            total.merge(sums)
+        return RoundsOutcome(total, spent + first.evaluations, 1, None, relative_stderr(total, weights))
+    return _run_towards_target(engine, design, settings, spent, counts, progress)
+
+
+def _run_towards_target(engine: Engine, design, settings, spent: int, counts: np.ndarray, progress) -> RoundsOutcome:
+    """Plan with a pilot round, estimate from a fresh round, add rounds only if it falls short."""
+    weights = design.grid.weights
     target = settings.target_stderr
-    while target is not None:
-        achieved = relative_stderr(total, weights)
-        if achieved <= target:
-            target_met = True
-            break
-        affordable = (cap - evaluations) // engine.evaluations_per_unit if cap is not None else 2**62
-        new_counts = next_counts(total, weights, target, affordable)
+    cap = max_evaluations(settings)
+    pilot = engine.run(design, np.zeros_like(counts), counts, progress=_labelled(progress, "pilot round"))
+    evaluations = spent + pilot.evaluations
+
+    estimate = float(weights @ pilot.sums.mean("nn"))
+    shares = neyman_shares(pilot.sums, weights)
+    target_variance = (PLANNING_MARGIN * target * estimate) ** 2
+    if not (target_variance > 0 and shares.sum() > 0):
+        logger.warning("the pilot round gives S_NN = %.4g, so no relative precision can be planned; reporting the pilot round", estimate)
+        return RoundsOutcome(pilot.sums, evaluations, 1, False, relative_stderr(pilot.sums, weights), pilot.evaluations)
+    planned = planned_counts(shares, target_variance)
+    affordable = _affordable(cap, evaluations, engine)
+    if affordable < 2 * planned.size:
+        logger.warning("--max-evaluations %s leaves no room for a round after the pilot; reporting the pilot round", cap)
+        return RoundsOutcome(pilot.sums, evaluations, 1, False, relative_stderr(pilot.sums, weights), pilot.evaluations)
+    if planned.sum() > affordable:
+        planned = np.maximum(np.floor(planned * affordable / planned.sum()), 2).astype(np.int64)
+        logger.warning(
+            "the target needs about %d more evaluations, more than --max-evaluations %s allows; measuring with %d",
+            int(planned_counts(shares, target_variance).sum() * engine.evaluations_per_unit), cap,
+            int(planned.sum() * engine.evaluations_per_unit),
+        )
+    start = counts
+    stop = counts + planned
+    final = engine.run(design, start, stop, progress=_labelled(progress, "measure"))
+    total = final.sums
+    evaluations += final.evaluations
+    rounds = 2
+
+    while relative_stderr(total, weights) > target:
+        new_counts = next_counts(total, weights, target, _affordable(cap, evaluations, engine))
         if new_counts is None:
-            target_met = False
             logger.warning(
                 "relative standard error %.3g of S_NN is above the target %.3g, and the evaluation cap %s "
-                "allows no further round; raise --max-evaluations to go further",
-                achieved, target, cap,
+                "allows no further round; raise --max-evaluations or --samples (the pilot round)",
+                relative_stderr(total, weights), target, cap,
             )
             break
         rounds += 1
-        logger.info(
-            "round %d: relative standard error %.3g > target %.3g; adding %d samples",
-            rounds, achieved, target, int((new_counts - counts).sum()),
-        )
-        result = engine.run(design, counts, new_counts, progress=_labelled(progress, f"round {rounds}"))
-        total.merge(result.sums)
-        counts = new_counts
-        evaluations += result.evaluations
-    return RoundsOutcome(total, evaluations, rounds, target_met, relative_stderr(total, weights))
+        logger.info("round %d: relative standard error %.3g > target %.3g; adding %d samples",
+                    rounds, relative_stderr(total, weights), target, int((new_counts - total.count).sum()))
+        extra = engine.run(design, stop, stop + new_counts - total.count.astype(np.int64), progress=_labelled(progress, f"round {rounds}"))
+        stop = stop + new_counts - total.count.astype(np.int64)
+        total.merge(extra.sums)
+        evaluations += extra.evaluations
+    achieved = relative_stderr(total, weights)
+    return RoundsOutcome(total, evaluations, rounds, achieved <= target, achieved, pilot.evaluations)
+
+
+def _affordable(cap: Optional[int], evaluations: int, engine: Engine) -> int:
+    if cap is None:
+        return 2**62
+    return max(0, (cap - evaluations) // engine.evaluations_per_unit)
 
 
 def max_evaluations(settings) -> Optional[int]:
@@ -235,7 +282,7 @@ def check_budget(settings) -> None:
 
 
 def describe_design(design, settings) -> dict[str, Any]:
-    """Attributes that say how the estimate was sampled."""
+    """Return the attributes that describe how the estimate was sampled."""
     attrs: dict[str, Any] = {"estimator": design.kind, "antithetic": bool(settings.antithetic)}
     if design.kind == "importance":
         attrs.update(

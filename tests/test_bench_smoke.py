@@ -12,18 +12,22 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 CASES = {
-    "overhead.py": ["--model", "random-unet", "--samples", "2", "--nodes", "3", "--repeats", "1", "--threads", "1"],
-    "efficiency.py": ["--model", "gaussian-mnist", "--pilot-samples", "2", "--first-round", "2", "--check", "1"],
+    "overhead.py": ["--model", "random-unet", "--samples", "2", "--strata", "3", "--repeats", "1", "--threads", "1"],
+    "efficiency.py": ["--model", "gaussian-mnist", "--pilot-samples", "2", "--planning-samples", "2", "--check", "1"],
     "variance.py": ["--model", "gaussian-mnist", "--evaluations", "260", "--repeats", "2"],
     "memory.py": ["--model", "random-unet", "--samples", "2,4", "--nodes", "3"],
+    "smoothness.py": ["--model", "gaussian-mnist", "--items", "4", "--times", "20"],
+    "quadrature.py": ["--model", "gaussian-mnist", "--evaluations", "130"],
     "trainer_throughput.py": ["--channels", "8,16", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1"],
 }
 
 EXPECTED = {
     "overhead.py": "overhead ratio (measure / bare forward)",
-    "efficiency.py": "ratio (reference-code evaluations / default evaluations)",
+    "efficiency.py": "ratio (reference-code evaluations with that bias / default evaluations)",
     "variance.py": "variance ratio uniform-t / default",
-    "memory.py": "peak RSS, largest over smallest",
+    "memory.py": "peak RSS, largest over smallest sample count",
+    "smoothness.py": "relative residual: standard deviation",
+    "quadrature.py": "default rule (simpson, 65 nodes)",
     "trainer_throughput.py": "throughput ratio (entropy-probe / plain)",
 }
 

@@ -22,7 +22,8 @@ def test_measure_importance_until_target(cli_run, mixture_dir, tmp_path):
     assert result.attrs["target_met"] == "true"
     assert result.attrs["precision"] == "fp32"
     options = json.loads((tmp_path / "r.options.json").read_text())["options"]
-    assert options["samples"] == 32 and options["batch_size"] == "auto"
+    assert options["samples"] == 8
+    assert options["batch_size"] == "auto"
 
 
 @pytest.mark.parametrize(

@@ -73,13 +73,16 @@ def test_data_parallel_step_matches_full_batch(tmp_path):
     done = _torchrun(str(HERE / "distributed_step.py"), str(double))
     assert done.returncode == 0, done.stderr
     one, two = np.load(single), np.load(double)
-    assert one[-1] == 1 and two[-1] == 2
+    assert one[-1] == 1
+    assert two[-1] == 2
     np.testing.assert_allclose(two[:-1], one[:-1], rtol=1e-12)
 
 
 def test_single_process_helpers_are_identities():
-    context = distributed.init_from_environment("cpu") if not distributed.launched_by_torchrun() else None
-    assert context is not None and not context.distributed and context.is_main
+    assert not distributed.launched_by_torchrun()
+    context = distributed.init_from_environment("cpu")
+    assert not context.distributed
+    assert context.is_main
     sums = NodeSums(("nn",), np.array([2.0, 3.0]), np.array([[1.0], [2.0]]), np.array([[4.0], [5.0]]))
     reduced = distributed.all_reduce_sums(sums)
     np.testing.assert_array_equal(reduced.total, sums.total)

@@ -11,7 +11,7 @@ import torch
 from entropy_probe.data import oracle_source
 from entropy_probe.draws import Draws
 from entropy_probe.errors import SpecError
-from entropy_probe.estimators import NodeSums, cut_batches, next_counts, round_segments, take_units
+from entropy_probe.estimators import NodeSums, cut_batches, neyman_shares, next_counts, planned_counts, round_segments, take_units
 from entropy_probe.oracles import GaussianOracle, paper_mixture
 from entropy_probe.probe import MeasureSettings, measure
 from entropy_probe.processes import from_spec
@@ -87,10 +87,12 @@ def test_importance_matches_grid_on_mixture(mixture2, spec):
 def test_importance_reports_grid_quantities(gaussian8):
     result = _measure(gaussian8, estimator="importance", samples=16, strata=8)
     for name in ("s_nn", "cross_term", "denoising_loss", "ce_bound", "s_tot", "score_error"):
-        assert name in result and name + "_stderr" in result, name
+        assert name in result, name
+        assert name + "_stderr" in result, name
     assert result["s_nn_rate"].dims == ("t",)
     edges = np.concatenate([result["t_lower"].values, result["t_upper"].values[-1:]])
-    assert edges[0] == pytest.approx(1e-3) and edges[-1] == pytest.approx(1.0)
+    assert edges[0] == pytest.approx(1e-3)
+    assert edges[-1] == pytest.approx(1.0)
     assert np.all(np.diff(edges) > 0)
     assert np.all((result["t"].values > result["t_lower"].values) & (result["t"].values < result["t_upper"].values))
     # Σ width × binned rate is the estimate itself.
@@ -139,7 +141,10 @@ def test_target_rounds_add_samples_where_variance_is(gaussian8):
     result = _measure(gaussian8, target_stderr=0.002, samples=8, nodes=17, seed=3)
     counts = result["samples_per_node"].values
     assert result.attrs["rounds"] > 1
-    assert counts.min() >= 8 and counts.max() > 4 * counts.min()
+    assert counts.min() >= 2
+    assert counts.max() > 4 * counts.min()
+    assert result.attrs["planning_evaluations"] == 17 * 8
+    assert result.attrs["network_evaluations"] == 17 * 8 + counts.sum()
     assert int(result.attrs["samples_total"]) == counts.sum()
 
 
@@ -161,8 +166,17 @@ def test_next_counts_follow_neyman_allocation():
     for cell, scale in ((0, 1.0), (1, 3.0)):
         values = np.tile([scale, -scale], 5) + 10.0
         sums.add(np.full(10, cell), {"nn": values})
-    counts = next_counts(sums, np.array([1.0, 1.0]), target_relative=0.01, affordable_units=10**9, growth=1e9)
+    shares = neyman_shares(sums, np.array([1.0, 1.0]), smooth=0)
+    counts = planned_counts(shares, target_variance=1e-4)
     assert counts[1] / counts[0] == pytest.approx(3.0, rel=0.01)
+    # The variance Σ share²/n of the planned counts is the target (up to rounding up).
+    assert float(np.sum(shares**2 / counts)) == pytest.approx(1e-4, rel=0.01)
+    # Averaged over neighbours (both cells here), the shares become equal.
+    smoothed = neyman_shares(sums, np.array([1.0, 1.0]), smooth=1)
+    assert smoothed[0] == pytest.approx(smoothed[1])
+    grown = next_counts(sums, np.array([1.0, 1.0]), target_relative=0.01, affordable_units=10**9, growth=2.0)
+    assert grown.sum() <= 3 * 20
+    assert np.all(grown >= 10)
 
 
 # --- invariances ------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def test_auto_batch_size_on_cpu(images):
     model = TinyNoisePredictor()
     auto = _s_nn(model, images, batch_size="auto")
     batch = auto.attrs["batch_size"]
-    assert batch % BATCH_QUANTUM == 0 and batch >= BATCH_QUANTUM
+    assert batch % BATCH_QUANTUM == 0
+    assert batch >= BATCH_QUANTUM
     assert "module output" in auto.attrs["batch_size_choice"]["method"]
     assert float(auto["s_nn"]) == pytest.approx(float(fixed["s_nn"]), rel=1e-12)
     # The probe batches are not counted as evaluations of the measurement.
@@ -105,7 +106,8 @@ def test_auto_batch_size_without_module():
 def test_options_without_module_are_noted():
     oracle = paper_mixture(2, seed=0)
     notes = oracle.prepare(channels_last=True, compile=True)
-    assert len(notes) == 1 and "no torch module" in notes[0]
+    assert len(notes) == 1
+    assert "no torch module" in notes[0]
     assert oracle.prepare() == []
 
 

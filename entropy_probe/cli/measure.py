@@ -24,9 +24,9 @@ DEFAULT_CHECKPOINT = "mnist-unet-vp"
 @click.option("--t-min", type=float, help="Start of the measured time range (> 0; default: the process's, usually 1e-3).")
 @click.option("--t-max", type=float, help="End T of the measured time range (default: the process's end).")
 @click.option("--data", "data_spec", metavar="SPEC", help="Data to measure on, e.g. mnist:split=heldout (default: the checkpoint's held-out data or the oracle's law).")
-@click.option("--samples", type=int, help="Monte Carlo samples per time node (per stratum with --estimator importance); with --target-stderr, those of the first round. Default 256, or 32 with --target-stderr.")
-@click.option("--nodes", type=int, default=65, help="Time nodes (odd for the simpson rule).")
-@click.option("--rule", type=click.Choice(["simpson", "trapezoid", "gauss", "trapezoid-t"]), default="simpson", help="Quadrature rule; all but trapezoid-t place nodes uniformly in log(σ/α).")
+@click.option("--samples", type=int, help="Monte Carlo samples per stratum (per node with --estimator grid); with --target-stderr, those of the pilot round that plans the sampling. Default 256, or 8 with --target-stderr.")
+@click.option("--nodes", type=int, default=65, help="Time nodes of --estimator grid (odd for the simpson rule); giving it selects the grid.")
+@click.option("--rule", type=click.Choice(["simpson", "trapezoid", "gauss", "trapezoid-t"]), default="simpson", help="Quadrature rule of --estimator grid (giving it selects the grid); all but trapezoid-t place nodes uniformly in log(σ/α).")
 @click.option("--seed", type=int, default=0, help="Seed of the draws; equal seeds give common random numbers across models and processes.")
 @click.option("--batch-size", type=BatchSize(), default="256", help="Network evaluations per batch, or auto to fill the memory budget (does not change the numbers).")
 @click.option("--reference", "reference_dir", metavar="DIR", help="Oracle checkpoint with the exact data law; adds s_tot, score_error and kl_bound.")
@@ -64,7 +64,7 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
     distributed.silence_unless_main(run, keep_stderr=bool(ctx.obj and ctx.obj.get("debug")))
     settings = MeasureSettings(
         t_min=t_min, t_max=t_max, nodes=nodes, seed=seed, rule=rule, batch_size=batch_size,
-        device=run.device, progress=progress_enabled(ctx, progress), **settings_fields(samples, estimation),
+        device=run.device, progress=progress_enabled(ctx, progress), **settings_fields(samples, estimation, ctx),
     )
     settings.validate()
     check_output_path(out, overwrite)

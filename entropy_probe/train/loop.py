@@ -12,10 +12,10 @@ Reproducibility: the data order comes from one torch.Generator and the times, no
 seeds from another, both on the CPU, so the run does not depend on the device's random number
 generator.
 
-Data parallelism: under torchrun every rank draws the same global batch (items, times and noise),
-evaluates its contiguous share, and DistributedDataParallel adds the gradients, scaled so that
-the step equals the single-process step on the whole batch up to float rounding (dropout masks
-differ, because each rank seeds its own). Rank 0 alone writes the run directory. The state at the end of every epoch is saved: weights, Adam moments, EMA, generator
+Data parallelism: under torchrun every rank draws the same global batch (items, times and noise)
+and evaluates its contiguous share. DistributedDataParallel averages the gradients, which are
+scaled so that the step equals the single-process step on the whole batch up to float rounding.
+Dropout masks differ, because each rank seeds its own. Rank 0 alone writes the run directory. The state at the end of every epoch is saved: weights, Adam moments, EMA, generator
 states, epoch, step and loss history. On the CPU a resumed run therefore ends with the same
 weights as an uninterrupted one. On a GPU they agree only to round-off, because kernels such as
 the convolution backward pass are not deterministic. An interruption inside an epoch repeats that
