@@ -246,12 +246,6 @@ def cut_batches(segments: Sequence[Segment], units_per_batch: int) -> list[list[
     return batches
 
 
-def plan_batches(nodes: int, samples: int, batch_size: int, first_item: int = 0) -> list[list[Segment]]:
-    """Cut the nodes·samples items (node-major) into batches of at most `batch_size` items."""
-    segments = round_segments(np.zeros(nodes, dtype=np.int64), np.full(nodes, samples))
-    return cut_batches(take_units(segments, first_item, nodes * samples), batch_size)
-
-
 # --- the evaluation engine ------------------------------------------------------------------------
 
 @dataclass

@@ -171,8 +171,11 @@ def measure(
     check_budget(settings)
     context = context or distributed.current(settings.device)
     device = context.device
-    if context.distributed and (sums is not None or first_item or on_batch is not None):
+    resuming = sums is not None or first_item or on_batch is not None
+    if resuming and context.distributed:
         raise SpecError("resuming a measurement is supported in a single process only; run it without torchrun")
+    if resuming and settings.target_stderr is not None:
+        raise SpecError("resuming a measurement is supported for a fixed number of samples only, not with a target standard error")
     t_min, t_max = resolve_time_range(process, settings)
     check_compatible(model, data, reference)
     if settings.estimator == "grid":
