@@ -18,7 +18,8 @@ run() {
 run quadrature-gaussian quadrature.py --model gaussian-mnist
 run quadrature-network quadrature.py --model "$model" --reference-samples 64 --evaluations 4160
 run smoothness-network smoothness.py --model "$model" --t-low 0.002 --t-high 0.06 --threads 1
-run efficiency-gaussian efficiency.py --model gaussian-mnist --check 10
+run calibration-gaussian calibration.py --model gaussian-mnist --repeats 400
+run efficiency-gaussian efficiency.py --model gaussian-mnist --check 60
 run efficiency-network efficiency.py --model "$model" --reference-target 0.001 --check 10
 run variance-gaussian variance.py --model gaussian-mnist --evaluations 4160 --repeats 20
 run variance-network variance.py --model "$model" --evaluations 1040 --repeats 12

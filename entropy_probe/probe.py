@@ -288,15 +288,8 @@ def build_dataset(
             difference, NATS, f"s_nn minus the {grid.rule} rule on every other node (same node means)",
             stderr=difference_se,
             meaning="for a rate that is smooth on the node spacing the quadrature error of s_nn is about 1/15 "
-            "(simpson) or 1/3 (trapezoid) of this; a value far outside ±3 stderr means it is not smooth",
+            "(simpson) or 1/3 (trapezoid) of this; for a rate that wiggles on that scale it can be as large as this",
         )
-        if abs(difference) > 3 * difference_se and abs(difference) > s_nn_se:
-            logger.warning(
-                "the rate changes on the scale of the node spacing: halving the nodes moves S_NN by %.3g "
-                "(± %.2g) nats, more than its standard error %.2g, which leaves out the quadrature error; "
-                "use --estimator importance (unbiased) or more --nodes",
-                difference, difference_se, s_nn_se,
-            )
     variables["cross_term"] = _scalar(cross, NATS, "cross term C = ∫ (g²/2) E[e_θ · s_c] dt")
     variables["cross_term_stderr"] = _scalar(cross_se, NATS, "Monte Carlo standard error of cross_term")
     variables["denoising_loss"] = _scalar(loss, NATS, "L = ∫ (g²/2) E|e_θ − s_c|² dt")

@@ -242,10 +242,13 @@ def _run_towards_target(engine: Engine, design, settings, spent: int, counts: np
             )
             break
         rounds += 1
-        logger.info("round %d: relative standard error %.3g > target %.3g; adding %d samples",
-                    rounds, relative_stderr(total, weights), target, int((new_counts - total.count).sum()))
-        extra = engine.run(design, stop, stop + new_counts - total.count.astype(np.int64), progress=_labelled(progress, f"round {rounds}"))
-        stop = stop + new_counts - total.count.astype(np.int64)
+        added = new_counts - total.count.astype(np.int64)
+        logger.info(
+            "round %d: relative standard error %.3g > target %.3g; adding %d samples",
+            rounds, relative_stderr(total, weights), target, int(added.sum()),
+        )
+        extra = engine.run(design, stop, stop + added, progress=_labelled(progress, f"round {rounds}"))
+        stop = stop + added
         total.merge(extra.sums)
         evaluations += extra.evaluations
     achieved = relative_stderr(total, weights)

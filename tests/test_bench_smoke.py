@@ -17,6 +17,7 @@ CASES = {
     "variance.py": ["--model", "gaussian-mnist", "--evaluations", "260", "--repeats", "2"],
     "memory.py": ["--model", "random-unet", "--samples", "2,4", "--nodes", "3"],
     "smoothness.py": ["--model", "gaussian-mnist", "--items", "4", "--times", "20"],
+    "calibration.py": ["--model", "gaussian-mnist", "--repeats", "3"],
     "quadrature.py": ["--model", "gaussian-mnist", "--evaluations", "130"],
     "trainer_throughput.py": ["--channels", "8,16", "--batch-size", "4", "--steps", "2", "--repeats", "1", "--threads", "1"],
 }
@@ -27,6 +28,7 @@ EXPECTED = {
     "variance.py": "variance ratio uniform-t / default",
     "memory.py": "peak RSS, largest over smallest sample count",
     "smoothness.py": "relative residual: standard deviation",
+    "calibration.py": "spread / reported standard error",
     "quadrature.py": "default rule (simpson, 65 nodes)",
     "trainer_throughput.py": "throughput ratio (entropy-probe / plain)",
 }

@@ -148,6 +148,18 @@ def test_target_rounds_add_samples_where_variance_is(gaussian8):
     assert int(result.attrs["samples_total"]) == counts.sum()
 
 
+def test_short_round_is_followed_by_more(gaussian8, monkeypatch):
+    from entropy_probe import runner
+
+    # Planning for three times the target makes the estimating round fall short on purpose.
+    monkeypatch.setattr(runner, "PLANNING_MARGIN", 3.0)
+    result = _measure(gaussian8, target_stderr=0.005, samples=8, nodes=17, seed=5)
+    assert result.attrs["rounds"] > 2
+    assert result.attrs["target_met"] is True
+    assert float(result["s_nn_stderr"]) <= 0.005 * float(result["s_nn"])
+    assert abs(float(result["s_nn"]) - _exact(gaussian8)) < 4 * float(result["s_nn_stderr"])
+
+
 def test_target_stops_at_evaluation_cap(gaussian8):
     result = _measure(gaussian8, target_stderr=1e-5, samples=8, nodes=17, max_evaluations=2000)
     assert result.attrs["target_met"] is False
