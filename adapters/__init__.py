@@ -103,7 +103,7 @@ def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu
     if not path.exists():
         from ..catalog import resolve_catalog_name
 
-        resolved = resolve_catalog_name(source)
+        resolved = resolve_catalog_name(source, revision=options.get("revision"))
         if resolved is not None:
             return load_denoiser(str(resolved), device=device, **options)
     adapters = all_adapters()

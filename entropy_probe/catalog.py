@@ -1,11 +1,257 @@
-"""Catalog of known checkpoints and experiment recipes, stored as data files in `catalog/`."""
+"""Catalog of known checkpoints and experiment recipes, stored as data files in `catalog/`.
+
+Each entry is one JSON file `catalog/NAME.json` (JSON rather than TOML because tomllib needs
+Python 3.11 and the package supports 3.10). Fields of every entry:
+
+- `schema_version` (1), `name` (the file name without .json), `kind`, `title`;
+- optional `paper`, `description`, `notes`, `sources` (URLs the facts were checked against)
+  and `verification` (which source supports which fact).
+
+Kinds:
+
+- `hub`: public weights on the Hugging Face hub. `hub_id` (ORG/NAME), `revision`,
+  `process` (the training process as a spec of this package), `prediction_type`, `scheduler`,
+  `image` (`channels`, `size`, `pixel_range`, `quantization_step`). The entry resolves to the
+  snapshot in the local Hugging Face cache; nothing is downloaded.
+- `shipped`: a checkpoint stored inside the catalog. `path` (a folder relative to the catalog
+  folder), and optionally `process`, `data`, `size` and `recorded` (reference numbers such as
+  a recorded S_NN with its settings).
+- `recipe`: an experiment without weights. `recipe` (data, process, architecture, training and
+  evaluation settings) and optionally `reported` (the published numbers).
+
+The files are found as the package `entropy_probe.catalog_data` (the `catalog/` folder, mapped by
+setuptools so that installs carry it), else in `catalog/` next to the package in a source
+checkout. Folders listed in $ENTROPY_PROBE_CATALOG (separated by the path separator) add entries;
+an entry there replaces a built-in one of the same name.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+from .errors import CheckpointError, SpecError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KINDS = ("hub", "shipped", "recipe")
+PACKAGE = "entropy_probe.catalog_data"
+ENVIRONMENT_VARIABLE = "ENTROPY_PROBE_CATALOG"
 
 
-def resolve_catalog_name(name: str) -> Optional[Path]:
-    """Local directory of a catalog entry, or None when `name` is not in the catalog."""
-    return None
+class CatalogError(CheckpointError):
+    """A malformed catalog file, or an entry that cannot be resolved to weights."""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One catalog file: its parsed fields and where it lies."""
+
+    name: str
+    kind: str
+    title: str
+    fields: dict[str, Any]
+    file: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.file.parent
+
+
+# --- locating and reading ---------------------------------------------------------------------
+
+def builtin_directory() -> Optional[Path]:
+    """Find the folder of the built-in catalog files; return None when there is none."""
+    try:
+        from importlib.resources import files
+
+        packaged = Path(str(files(PACKAGE)))
+        if packaged.is_dir():
+            return packaged
+    except (ModuleNotFoundError, TypeError):
+        pass
+    source = Path(__file__).resolve().parent.parent / "catalog"
+    return source if source.is_dir() else None
+
+
+def catalog_directories() -> list[Path]:
+    """List the built-in folder first, then the folders of $ENTROPY_PROBE_CATALOG."""
+    folders = []
+    builtin = builtin_directory()
+    if builtin is not None:
+        folders.append(builtin)
+    for item in os.environ.get(ENVIRONMENT_VARIABLE, "").split(os.pathsep):
+        if item.strip():
+            folders.append(Path(item).expanduser())
+    return folders
+
+
+def load_catalog() -> dict[str, CatalogEntry]:
+    """Read and validate all entries by name; later folders replace entries of the same name."""
+    entries: dict[str, CatalogEntry] = {}
+    for folder in catalog_directories():
+        if not folder.is_dir():
+            raise CatalogError(f"catalog folder {str(folder)!r} (from ${ENVIRONMENT_VARIABLE}) does not exist")
+        for file in sorted(folder.glob("*.json")):
+            entry = read_entry(file)
+            entries[entry.name] = entry
+    return entries
+
+
+def read_entry(file: Path) -> CatalogEntry:
+    """Parse and validate one catalog file."""
+    try:
+        fields = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CatalogError(f"cannot read catalog file {str(file)!r}: {error}") from None
+    if not isinstance(fields, dict):
+        raise CatalogError(f"catalog file {str(file)!r} must hold a JSON object")
+    validate_entry(fields, file)
+    return CatalogEntry(fields["name"], fields["kind"], fields["title"], fields, file)
+
+
+def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], file: Path) -> Any:
+    if key not in fields:
+        raise CatalogError(f"catalog file {str(file)!r} lacks the field {key!r}")
+    value = fields[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise CatalogError(f"catalog file {str(file)!r}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def validate_entry(fields: dict[str, Any], file: Path) -> None:
+    """Raise CatalogError when a catalog entry breaks the schema described in this module."""
+    from .processes import from_spec
+
+    version = _require(fields, "schema_version", int, file)
+    if version > SCHEMA_VERSION:
+        raise CatalogError(
+            f"catalog file {str(file)!r} has schema_version {version}, newer than {SCHEMA_VERSION}; upgrade entropy-probe"
+        )
+    name = _require(fields, "name", str, file)
+    if name != file.stem:
+        raise CatalogError(f"catalog file {str(file)!r}: name {name!r} must equal the file name {file.stem!r}")
+    kind = _require(fields, "kind", str, file)
+    if kind not in KINDS:
+        raise CatalogError(f"catalog file {str(file)!r}: unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _require(fields, "title", str, file)
+    sources = fields.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, str) and s.startswith("https://") for s in sources):
+        raise CatalogError(f"catalog file {str(file)!r}: sources must be a list of https:// URLs")
+
+    if "process" in fields:
+        try:
+            from_spec(_require(fields, "process", str, file))
+        except SpecError as error:
+            raise CatalogError(f"catalog file {str(file)!r}: {error}") from None
+    if kind == "hub":
+        hub_id = _require(fields, "hub_id", str, file)
+        if hub_id.count("/") != 1:
+            raise CatalogError(f"catalog file {str(file)!r}: hub_id {hub_id!r} must be ORG/NAME")
+        _require(fields, "revision", str, file)
+        _require(fields, "process", str, file)
+        _require(fields, "prediction_type", str, file)
+        image = _require(fields, "image", dict, file)
+        pixel_range = image.get("pixel_range")
+        if not (isinstance(pixel_range, list) and len(pixel_range) == 2 and pixel_range[0] < pixel_range[1]):
+            raise CatalogError(f"catalog file {str(file)!r}: image.pixel_range must be [low, high]")
+        if not sources:
+            raise CatalogError(f"catalog file {str(file)!r}: a hub entry must cite its sources")
+    elif kind == "shipped":
+        path = _require(fields, "path", str, file)
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise CatalogError(f"catalog file {str(file)!r}: path {path!r} must be relative and stay inside the catalog folder")
+    else:
+        _require(fields, "recipe", dict, file)
+
+
+def get_entry(name: str) -> CatalogEntry:
+    """Return the entry called `name`; raise SpecError listing the names when there is none."""
+    entries = load_catalog()
+    if name not in entries:
+        raise SpecError(f"unknown catalog entry {name!r}; known entries: {', '.join(sorted(entries)) or 'none'}")
+    return entries[name]
+
+
+# --- resolving to files -----------------------------------------------------------------------
+
+def entry_path(entry: CatalogEntry, revision: Optional[str] = None) -> Path:
+    """Return the local folder of an entry's weights; raise CatalogError when they are not here."""
+    if entry.kind == "hub":
+        from .adapters.hub import snapshot_path
+
+        hub_id = entry.fields["hub_id"]
+        try:
+            return snapshot_path(hub_id, revision or entry.fields.get("revision"))
+        except CheckpointError as error:
+            raise CatalogError(f"catalog entry {entry.name!r} is the hub model {hub_id}: {error}") from None
+    if entry.kind == "shipped":
+        path = entry.folder / entry.fields["path"]
+        if not path.exists():
+            raise CatalogError(
+                f"catalog entry {entry.name!r} names the shipped files {str(path)!r}, which are missing; "
+                f"reinstall entropy-probe"
+            )
+        return path
+    raise CatalogError(
+        f"catalog entry {entry.name!r} is a recipe without weights; train it with 'entropy-probe train' "
+        f"using the settings shown by 'entropy-probe catalog show {entry.name}', then measure the run folder"
+    )
+
+
+def resolve_catalog_name(name: str, revision: Optional[str] = None) -> Optional[Path]:
+    """Return the local directory of a catalog entry, or None when `name` is not in the catalog.
+
+    Raises CatalogError when the entry exists but its weights are not on this machine.
+    """
+    entries = load_catalog()
+    if name not in entries:
+        return None
+    return entry_path(entries[name], revision)
+
+
+def entry_status(entry: CatalogEntry) -> str:
+    """Describe where the entry's weights are, in a word or two for listings."""
+    if entry.kind == "recipe":
+        return "recipe (no weights)"
+    try:
+        entry_path(entry)
+    except CatalogError:
+        return "not cached" if entry.kind == "hub" else "missing"
+    return "cached" if entry.kind == "hub" else "shipped"
+
+
+# --- text for the command line ----------------------------------------------------------------
+
+def format_listing(entries: dict[str, CatalogEntry]) -> str:
+    rows = [("name", "kind", "status", "title")]
+    rows += [(e.name, e.kind, entry_status(e), e.title) for e in sorted(entries.values(), key=lambda e: (KINDS.index(e.kind), e.name))]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(row[:3], widths)) + "  " + row[3] for row in rows
+    )
+
+
+def format_entry(entry: CatalogEntry) -> str:
+    """Summary lines, the local status, then the entry's JSON."""
+    lines = [f"{entry.name}  ({entry.kind})", entry.title, ""]
+    if entry.kind == "hub":
+        try:
+            lines.append(f"weights: {entry_path(entry)}")
+        except CatalogError as error:
+            lines.append(f"weights: {error}")
+        lines.append(f"measure: entropy-probe measure {entry.name} --data SPEC --out result.nc")
+    elif entry.kind == "shipped":
+        try:
+            lines.append(f"weights: {entry_path(entry)}")
+        except CatalogError as error:
+            lines.append(f"weights: {error}")
+    else:
+        lines.append("weights: none (a recipe to train)")
+    lines += [f"file:    {entry.file}", "", json.dumps(entry.fields, indent=2, ensure_ascii=False)]
+    return "\n".join(lines)

@@ -43,7 +43,8 @@ class Coefficients:
             "g2": process.g2(t),
             "k": process.equilibrium_score_coefficient(t),
         }
-        return cls(**{name: torch.as_tensor(np.asarray(v, dtype=np.float64), device=device) for name, v in values.items()})
+        # np.array copies, so read-only inputs never reach torch (it warns on those).
+        return cls(**{name: torch.as_tensor(np.array(v, dtype=np.float64), device=device) for name, v in values.items()})
 
     def expand(self, name: str, like: torch.Tensor) -> torch.Tensor:
         return expand_like(getattr(self, name), like)

@@ -69,3 +69,36 @@ def plot_measurement(dataset: xr.Dataset, path: str | Path) -> Path:
     figure.suptitle(title, fontsize=10)
     return save_figure(figure, path)
 
+
+
+def plot_comparison(dataset: xr.Dataset, path: str | Path) -> Path:
+    """Rate curves of several processes overlaid on a log time axis, and their cumulative entropy.
+
+    `dataset` is a result of `compare`: dimensions (process, node) with t(process, node).
+    """
+    figure, (rates, cumulative) = _figure(2)
+    all_positive = True
+    for index, spec in enumerate(dataset["process"].values):
+        row = dataset.isel(process=index)
+        t = row["t"].values
+        rate = row["s_nn_rate"].values
+        all_positive &= bool((rate > 0).all())
+        line = _band(rates, t, rate, row["s_nn_rate_stderr"].values, f"Ṡ_NN  {spec}")
+        cumulative.plot(t, row["s_nn_cumulative"].values, color=line.get_color(), label=f"S_NN  {spec}")
+        if "s_tot_rate" in row:
+            rates.plot(t, row["s_tot_rate"].values, color=line.get_color(), linestyle="--", linewidth=1, label=f"Ṡ_tot  {spec}")
+            cumulative.plot(t, row["s_tot_cumulative"].values, color=line.get_color(), linestyle="--", linewidth=1)
+    rates.set_xscale("log")
+    if all_positive:
+        rates.set_yscale("log")
+    rates.set_xlabel("diffusion time t (0 = data)")
+    rates.set_ylabel("entropy rate [nats per unit time]")
+    rates.legend(loc="best", fontsize=7)
+    rates.grid(True, which="both", alpha=0.3)
+    cumulative.set_xscale("log")
+    cumulative.set_xlabel("diffusion time t (0 = data)")
+    cumulative.set_ylabel("cumulative entropy [nats]")
+    cumulative.legend(loc="best", fontsize=7)
+    cumulative.grid(True, which="both", alpha=0.3)
+    figure.suptitle(f"{dataset.attrs.get('checkpoint', '')}: one model under {dataset.sizes['process']} processes (dashed: exact S_tot)", fontsize=10)
+    return save_figure(figure, path)

@@ -71,7 +71,10 @@ def format_spec(name: str, values: Mapping[str, Any]) -> str:
     """Write a name and parameters back as a canonical `NAME:key=value,...` string."""
     if not values:
         return name
-    parts = [f"{key}={_format_value(value)}" for key, value in values.items()]
+    # Empty strings are unset optional parameters (such as a file path); leave them out.
+    parts = [f"{key}={_format_value(value)}" for key, value in values.items() if value != ""]
+    if not parts:
+        return name
     return name + ":" + ",".join(parts)
 
 

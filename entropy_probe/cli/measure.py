@@ -31,6 +31,9 @@ DEFAULT_CHECKPOINT = "mnist-unet-vp"
 @click.option("--batch-size", type=BatchSize(), default="256", help="Network evaluations per batch, or auto to fill the memory budget (does not change the numbers).")
 @click.option("--reference", "reference_dir", metavar="DIR", help="Oracle checkpoint with the exact data law; adds s_tot, score_error and kl_bound.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
+@click.option("--scheduler-config", "scheduler_config", metavar="FILE", help="scheduler_config.json the model was trained with (diffusers folders without their own scheduler).")
+@click.option("--revision", metavar="REV", help="Branch, tag or commit of a hub id, read from the local cache.")
+@click.option("--adapter", "adapter", metavar="MODULE:FUNCTION", help="Load CHECKPOINT with FUNCTION(source, **options) from an importable module.")
 @click.option("--out", "out", required=True, metavar="RESULT.nc", help="NetCDF file to write.")
 @click.option("--plot", "plot_path", metavar="RESULT.png", help="Also draw the rate curves and cumulative entropy to this PNG.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
@@ -38,7 +41,7 @@ DEFAULT_CHECKPOINT = "mnist-unet-vp"
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @estimation_options
 @click.pass_context
-def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samples, nodes, rule, seed, batch_size, reference_dir, device, out, plot_path, overwrite, dry_run, progress, **estimation):
+def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samples, nodes, rule, seed, batch_size, reference_dir, device, scheduler_config, revision, adapter, out, plot_path, overwrite, dry_run, progress, **estimation):
     """Measure neural entropy S_NN and the cross-entropy bound of CHECKPOINT.
 
     CHECKPOINT is a checkpoint directory, a catalog name or a cached hub id; without it, the
@@ -71,13 +74,16 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
     if plot_path:
         check_output_path(plot_path, overwrite)
 
-    model = load_model(checkpoint)
+    load_options = {key: value for key, value in (("scheduler_config", scheduler_config), ("revision", revision)) if value}
+    model = load_model(checkpoint, adapter=adapter, **load_options)
     process = resolve_process(model, process_spec)
     data = resolve_data(model, data_spec)
     reference = resolve_reference(model, data, reference_dir)
     resolved_t_min, resolved_t_max = resolve_time_range(process, settings)
     options = {
         "checkpoint": checkpoint,
+        "adapter": adapter,
+        **load_options,
         "process": process.spec,
         "data": data.spec,
         "reference": reference_dir or ("data law" if reference is not None else None),
