@@ -144,3 +144,20 @@ def test_network_evaluations_count_pairs_and_pilot(images):
     assert pilot.attrs["pilot_evaluations"] == 33 * 2
     assert pilot.attrs["network_evaluations"] == 33 * 2 + 8 * 4
     assert math.isfinite(float(pilot["s_nn"]))
+
+
+def test_diffusers_network_takes_options(tmp_path):
+    from diffusers_fixtures import DDPM_SCHEDULER, save_pipeline, tiny_unet, write_image_data
+
+    from entropy_probe import api, data
+
+    folder = save_pipeline(tiny_unet(seed=2), DDPM_SCHEDULER, tmp_path / "pipe")
+    images = data.from_spec(f"npz:path={write_image_data(tmp_path / 'images.npz')}")
+    settings = dict(estimator="importance", samples=8, strata=8, seed=1, progress=False)
+    model = api.load_model(str(folder))
+    plain = measure(model, api.resolve_process(model, None), images, MeasureSettings(**settings))
+    model = api.load_model(str(folder))
+    fast = measure(model, api.resolve_process(model, None), images, MeasureSettings(channels_last=True, batch_size="auto", **settings))
+    assert model.network.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert "module output" in fast.attrs["batch_size_choice"]["method"]
+    assert float(fast["s_nn"]) == pytest.approx(float(plain["s_nn"]), rel=1e-5)
