@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -91,6 +92,53 @@ def load_function(reference: str) -> Callable[..., Any]:
     return function
 
 
+def check_readable_directory(path: Path, source: str) -> None:
+    """Raise CheckpointError for a checkpoint folder that cannot be read."""
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise CheckpointError(f"cannot read checkpoint directory {source!r}: permission denied; make it readable (chmod u+rx)")
+
+
+def explain_file(path: Path, source: str) -> None:
+    """Raise CheckpointError for a file that no adapter reads, saying what to give instead."""
+    from ..checkpoint import CONFIG_NAME, PICKLED_WEIGHTS_NAMES, WEIGHTS_NAME
+
+    if path.suffix in {Path(name).suffix for name in PICKLED_WEIGHTS_NAMES} | {".safetensors"}:
+        raise CheckpointError(
+            f"checkpoint {source!r} is a weights file without its network description; put it into a "
+            f"directory as {WEIGHTS_NAME} (or as a state dict {PICKLED_WEIGHTS_NAMES[0]}) beside the "
+            f"{CONFIG_NAME} that describes the network, and pass that directory (see docs/checkpoints.md)"
+        )
+    raise CheckpointError(
+        f"checkpoint {source!r} is a file; give the checkpoint directory (config.json and "
+        f"model.safetensors), a diffusers folder, or --adapter module:function for other formats"
+    )
+
+
+def check_config_json(path: Path) -> None:
+    """Raise CheckpointError when `path`/config.json exists but cannot be read as a JSON object."""
+    import json
+
+    from ..checkpoint import CONFIG_NAME
+
+    config = path / CONFIG_NAME
+    if not config.exists():
+        return
+    try:
+        json.loads(config.read_text())
+    except OSError as error:
+        raise CheckpointError(f"cannot read {str(config)!r}: {error.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{str(config)!r} is not valid JSON ({error}); restore the file or fix its syntax") from None
+
+
+def reject_options(adapter: str, path: Path, options: dict[str, Any]) -> None:
+    """Raise SpecError for loading options that `adapter` does not use, such as --scheduler-config."""
+    given = sorted(name for name, value in options.items() if value is not None)
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise SpecError(f"{flags} does not apply to {str(path)!r}, a checkpoint of the {adapter} adapter; leave it out")
+
+
 def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu", **options: Any) -> Denoiser:
     """Load `source` (a path, a catalog name or a cached hub id) as a Denoiser on `device`."""
     if adapter:
@@ -105,17 +153,18 @@ def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu
 
         resolved = resolve_catalog_name(source, revision=options.get("revision"))
         if resolved is not None:
-            return load_denoiser(str(resolved), device=device, **options)
+            # The revision chose the cached snapshot; the folder itself takes no revision.
+            rest = {name: value for name, value in options.items() if name != "revision"}
+            return load_denoiser(str(resolved), device=device, **rest)
     adapters = all_adapters()
     if path.exists():
+        check_readable_directory(path, source)
         for candidate in adapters:
             if candidate.detect(path):
                 return candidate.load(path, device=device, **options)
         if path.is_file():
-            raise CheckpointError(
-                f"checkpoint {source!r} is a file; give the checkpoint directory (config.json and "
-                f"model.safetensors), a diffusers folder, or --adapter module:function for other formats"
-            )
+            explain_file(path, source)
+        check_config_json(path)
         raise CheckpointError(
             f"{source!r} is not a checkpoint directory this version can read (no entropy-probe or "
             f"diffusers config.json found); use --adapter module:function for other formats"

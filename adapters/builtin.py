@@ -19,7 +19,7 @@ import torch
 from ..checkpoint import CONFIG_NAME
 from ..denoiser import Denoiser, expand_like
 from ..errors import DataError
-from . import Adapter, register
+from . import Adapter, register, reject_options
 
 
 class BuiltinNetwork(Denoiser):
@@ -119,6 +119,7 @@ def _detect(path: Path) -> bool:
 
 
 def _load(path: Path, device: str = "cpu", **options: Any) -> BuiltinNetwork:
+    reject_options("builtin", path, options)
     return BuiltinNetwork(path, device=device)
 
 

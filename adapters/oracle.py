@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, load_oracle
-from . import Adapter, register
+from . import Adapter, register, reject_options
 
 
 def _detect(path: Path) -> bool:
@@ -21,6 +21,7 @@ def _detect(path: Path) -> bool:
 
 
 def _load(path: Path, device: str = "cpu", **options):
+    reject_options("oracle", path, options)
     return load_oracle(path).to(device)
 
 

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ FORMAT = "entropy-probe"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: Names of a state dict saved by torch.save, read (with weights_only=True) when model.safetensors is missing.
+PICKLED_WEIGHTS_NAMES = ("model.pt", "model.pth", "model.ckpt", "model.bin")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -141,20 +143,134 @@ def require(config: Mapping[str, Any], key: str, kind: type | tuple[type, ...], 
     return value
 
 
+def weights_file(directory: str | Path) -> Optional[Path]:
+    """Return the weights file of a checkpoint directory: model.safetensors, else a pickled state dict."""
+    directory = Path(directory)
+    for name in (WEIGHTS_NAME,) + PICKLED_WEIGHTS_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
 def read_tensors(directory: str | Path, verify: bool = True) -> tuple[dict[str, torch.Tensor], str]:
-    """Load model.safetensors; return the tensors and the file's SHA-256."""
+    """Load the weights of a checkpoint directory; return the tensors and the file's SHA-256.
+
+    The weights are model.safetensors or, when that is missing, a state dict pickled by
+    torch.save as model.pt (or .pth, .ckpt, .bin), which is read with
+    torch.load(weights_only=True) only. With `verify`, a `weights_sha256` recorded in
+    config.json must match the file.
+    """
+    directory = Path(directory)
+    path = weights_file(directory)
+    if path is None:
+        raise CheckpointError(
+            f"checkpoint {str(directory)!r} has no {WEIGHTS_NAME} (nor a state dict saved as "
+            f"{PICKLED_WEIGHTS_NAMES[0]}); copy the weights file into the directory"
+        )
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {str(path)!r}: {error.strerror}") from None
+    if verify:
+        _check_recorded_digest(directory, path, digest)
+    if path.name == WEIGHTS_NAME:
+        return _read_safetensors(path), digest
+    return read_pickled_state_dict(path), digest
+
+
+def _check_recorded_digest(directory: Path, path: Path, digest: str) -> None:
+    config_path = directory / CONFIG_NAME
+    try:
+        recorded = json.loads(config_path.read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # read_config reports an unreadable config.json
+    if recorded and recorded != digest:
+        raise CheckpointError(
+            f"{str(path)!r} does not match {str(config_path)!r}: its SHA-256 is {digest[:12]}…, the "
+            f"config records {str(recorded)[:12]}…, so the weights were replaced or damaged after "
+            f"the checkpoint was written (or a save was interrupted); restore the original files"
+        )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(directory) / WEIGHTS_NAME
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(directory)!r} has no {WEIGHTS_NAME}")
-    digest = sha256_file(path)
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"cannot read {str(path)!r}: the file is corrupted or truncated ({error})") from None
-    return tensors, digest
+
+
+def read_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict saved by torch.save, with torch.load(weights_only=True) only.
+
+    The file must hold a mapping of parameter names to tensors, or a mapping whose
+    "state_dict" entry is one. torch.load(weights_only=True) rejects any pickle that would
+    construct other objects or call functions, so loading cannot run code from the file.
+    """
+    import pickle
+    import warnings
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it was not written with; the error below says enough.
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = _unpickling_detail(error)
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it is a pickle that contains more than tensors ({detail}), "
+            f"and entropy-probe unpickles only with torch.load(weights_only=True), because unpickling "
+            f"other objects can run code; save the weights with safetensors (model.safetensors) instead"
+        ) from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"cannot read {str(path)!r}: the file is corrupted or not written by torch.save ({first_line})") from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise CheckpointError(
+            f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict; save "
+            f"model.state_dict() (parameter names to tensors) with torch.save or safetensors"
+        )
+    wrong = [str(name) for name, value in loaded.items() if not (isinstance(name, str) and torch.is_tensor(value))]
+    if wrong:
+        raise CheckpointError(
+            f"{str(path)!r} is not a state dict: entry {wrong[0]!r} is not a tensor under a name; save "
+            f"model.state_dict() (parameter names to tensors) with torch.save or safetensors"
+        )
+    return dict(loaded)
+
+
+def state_dict_mismatch(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str:
+    """Describe the first differences between a module's parameters and `tensors`; "" when they fit."""
+    expected = {name: tuple(value.shape) for name, value in module.state_dict().items()}
+    problems = []
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected]
+    if missing:
+        problems.append(f"{len(missing)} tensors missing, such as {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors, such as {unexpected[0]!r}")
+    for name, shape in expected.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            problems.append(f"{name!r} has shape {tuple(tensors[name].shape)} in the file but {shape} in the network")
+            break
+    return "; ".join(problems)
+
+
+def _unpickling_detail(error: Exception) -> str:
+    """Return the part of torch's weights-only error that names what was rejected."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()
+        if detail:
+            # The first sentence names the rejected global; later ones suggest allowlisting it.
+            return detail[0].strip().split(". ")[0].rstrip(".")
+    return "objects other than tensors"
 
 
 # --- oracles -------------------------------------------------------------------------------

@@ -98,9 +98,17 @@ class ArraySource(DataSource):
     ) -> None:
         data = np.asarray(data)
         if data.ndim < 2 or data.shape[0] == 0:
-            raise DataError(f"data source {spec!r} is empty or has no item dimension (shape {data.shape})")
-        if not np.all(np.isfinite(data)):
-            raise DataError(f"data source {spec!r} contains non-finite values")
+            raise DataError(
+                f"data source {spec!r} is empty or has no item dimension (array shape {data.shape}); "
+                f"give at least one item, stored as an array of shape (items, ...)"
+            )
+        finite = np.isfinite(data)
+        if not np.all(finite):
+            first = int(np.argwhere(~finite.reshape(data.shape[0], -1))[0][0])
+            raise DataError(
+                f"data source {spec!r} contains non-finite values (NaN or infinity), the first in item "
+                f"{first}; remove or replace those items"
+            )
         self.data = data
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         if self.labels is not None and self.labels.shape != (data.shape[0],):

@@ -109,7 +109,7 @@ def export_diffusers(checkpoint: str | Path, out: str | Path, overwrite: bool = 
     directory = Path(checkpoint)
     out = Path(out)
     config, metadata = read_unet_checkpoint(directory)
-    tensors, digest = read_tensors(directory)
+    tensors, digest = read_tensors(directory, verify=False)
     recorded = config.get("weights_sha256")
     if recorded and recorded != digest:
         raise CheckpointError(f"{str(directory)!r}: model.safetensors does not match config.json (SHA-256 differs)")

@@ -99,7 +99,8 @@ class GaussianOracle(Oracle):
         if mean_t.shape != std_t.shape:
             raise SpecError(f"Gaussian oracle: mean has {mean_t.numel()} entries but std has {std_t.numel()}")
         if (std_t <= 0).any():
-            raise SpecError("Gaussian oracle: every std must be positive")
+            bad = float(std_t[std_t <= 0][0])
+            raise SpecError(f"invalid std {bad:g} of a Gaussian oracle; every std must be > 0 (for example --std 1)")
         super().__init__(data_shape or (mean_t.numel(),))
         if math.prod(self.data_shape) != mean_t.numel():
             raise SpecError(f"Gaussian oracle: data shape {self.data_shape} does not match {mean_t.numel()} means")
@@ -300,7 +301,10 @@ def paper_mixture(
     PCG64 generator seeded with `seed`, so a (recipe, seed) pair always gives the same mixture.
     """
     if dim < 1 or components < 1:
-        raise SpecError(f"mixture recipe needs dim >= 1 and components >= 1 (got dim={dim}, components={components})")
+        raise SpecError(
+            f"invalid mixture recipe dim={dim}, components={components}; both must be >= 1 "
+            f"(for example --dim 3 --components 5)"
+        )
     if not (side > 0 and 0 < std_min <= std_max):
         raise SpecError(
             f"mixture recipe needs side > 0 and 0 < std_min <= std_max "

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import integrate
 
 from .errors import SpecError
 from .processes import Process
@@ -89,12 +88,16 @@ def make_grid(process: Process, t_min: float, t_max: float, nodes: int, rule: st
 
 
 def _trapezoid_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import integrate  # imported here: it adds about half a second to every command's start
+
     basis = np.eye(x.size)
     cumulative = integrate.cumulative_trapezoid(basis, x, axis=0, initial=0.0)
     return cumulative[-1].copy(), cumulative
 
 
 def _simpson_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import integrate
+
     basis = np.eye(x.size)
     cumulative = integrate.cumulative_simpson(basis, x=x, axis=0, initial=0.0)
     # The last row is the composite Simpson rule; build it directly so it is exact.
@@ -109,6 +112,8 @@ def _simpson_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _interpolated_cumulative(u: np.ndarray, u_min: float) -> np.ndarray:
     """Partial integrals from u_min to each Gauss node by the trapezoid rule on the nodes."""
+    from scipy import integrate
+
     x = np.concatenate([[u_min], u])
     basis = np.vstack([np.eye(u.size)[0], np.eye(u.size)])  # constant extrapolation below u_0
     cumulative = integrate.cumulative_trapezoid(basis, x, axis=0, initial=0.0)

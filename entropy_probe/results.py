@@ -49,10 +49,10 @@ def _json_value(value: Any) -> Any:
 def check_output_path(path: str | Path, overwrite: bool) -> Path:
     """Reject an existing output unless `overwrite`, and an output whose folder is missing."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError(f"output {str(path)!r} exists already; choose another path or pass --overwrite")
     if path.is_dir():
         raise OutputError(f"output {str(path)!r} is a directory; give a file name such as result.nc")
+    if path.exists() and not overwrite:
+        raise OutputError(f"output {str(path)!r} exists already; choose another path or pass --overwrite")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first")

@@ -41,7 +41,7 @@ def gaussian_command(dim, mean, std, from_file, out, overwrite):
             with np.load(from_file, allow_pickle=False) as arrays:
                 mean_array, std_array = arrays["mean"], arrays["std"]
         except (OSError, KeyError, ValueError) as error:
-            raise DataError(f"cannot read mean and std from {from_file!r}: {error}") from None
+            raise DataError(f"cannot read mean and std from {from_file!r}: {error}; give an .npz of numeric arrays mean and std") from None
     else:
         if dim < 1:
             raise SpecError(f"invalid --dim {dim}; it must be >= 1")
@@ -73,7 +73,10 @@ def gmm_command(dim, components, side, std_min, std_max, seed, from_file, out, o
             with np.load(from_file, allow_pickle=False) as arrays:
                 oracle = GaussianMixtureOracle(arrays["weights"], arrays["means"], arrays["stds"])
         except (OSError, KeyError, ValueError) as error:
-            raise DataError(f"cannot read weights, means and stds from {from_file!r}: {error}") from None
+            raise DataError(
+                f"cannot read weights, means and stds from {from_file!r}: {error}; give an .npz of numeric "
+                f"arrays weights (K), means (K, d) and stds (K, d)"
+            ) from None
     else:
         oracle = paper_mixture(dim, components, side, std_min, std_max, seed)
     _write(oracle, out, overwrite)

@@ -25,7 +25,16 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_format, read_config, read_tensors, require, write_checkpoint
+from ..checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_format,
+    read_config,
+    read_tensors,
+    require,
+    state_dict_mismatch,
+    write_checkpoint,
+)
 from ..errors import CheckpointError, OutputError
 from ..processes import from_spec as process_from_spec
 from .networks import ARCHITECTURES, ExcessScoreNetwork, Preconditioning, build_core
@@ -72,7 +81,7 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     arguments = require(config, "network", dict, directory)
     process = process_from_spec(require(config, "process", str, directory))
     preconditioning = Preconditioning.from_config(config, str(directory))
-    tensors, digest = read_tensors(directory)
+    tensors, digest = read_tensors(directory, verify=False)
     # Float16 copies (see `write_float16_copy`) load into the float32 network.
     tensors = {name: value.float() if value.is_floating_point() else value for name, value in tensors.items()}
     recorded = config.get("weights_sha256")
@@ -87,11 +96,13 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
         core = build_core(architecture, arguments)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{str(directory)!r}: cannot build the {architecture} from config.json 'network' ({error})") from None
-    try:
-        core.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
-        raise CheckpointError(f"{str(directory)!r}: the weights do not fit the network in config.json ({first_line})") from None
+    mismatch = state_dict_mismatch(core, tensors)
+    if mismatch:
+        raise CheckpointError(
+            f"{str(directory)!r}: the weights do not fit the {architecture} described by config.json "
+            f"({mismatch}); the config and the weights come from different networks"
+        )
+    core.load_state_dict(tensors, strict=True)
     network = ExcessScoreNetwork(core, architecture, process, preconditioning).to(device)
     network.eval()
     return network, config, digest
@@ -109,7 +120,7 @@ def write_float16_copy(source: str | Path, target: str | Path, overwrite: bool =
     check_format(config, source)
     if config.get("kind") != "network":
         raise CheckpointError(f"{str(source)!r} is not a network checkpoint (kind={config.get('kind')!r})")
-    tensors, digest = read_tensors(source)
+    tensors, digest = read_tensors(source, verify=False)
     if config.get("weights_sha256") not in (None, digest):
         raise CheckpointError(f"{str(source)!r}: model.safetensors does not match config.json (SHA-256 differs)")
     half = {name: value.half() if value.is_floating_point() else value for name, value in tensors.items()}
@@ -147,7 +158,7 @@ def load_state(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     check_format(config, directory)
     if config.get("kind") != STATE_KIND:
         raise CheckpointError(f"{str(directory)!r} is not a training state (kind={config.get('kind')!r})")
-    tensors, digest = read_tensors(directory)
+    tensors, digest = read_tensors(directory, verify=False)
     if config.get("weights_sha256") not in (None, digest):
         raise CheckpointError(f"{str(directory)!r}: the state tensors do not match its config.json; the state is corrupted")
     return config, tensors

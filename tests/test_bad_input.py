@@ -1,0 +1,306 @@
+"""Bad input through the real command line: one clear error, no traceback, no output left behind.
+
+Every case runs `python -m entropy_probe ...` in a subprocess. The cases are independent, so a
+session fixture runs them all at once in a small thread pool (each costs a few seconds of
+interpreter start-up) and every parametrised test then checks one of them: a non-zero exit
+status, exactly one `error:` line on stderr that names the bad value and the fix, no traceback,
+and no output file or temporary sibling of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+ROOT_REASON = "running as root: file permissions do not block root, so chmod cannot make a path unreadable"
+
+#: Subprocesses at a time; each is mostly interpreter and torch start-up.
+WORKERS = 4
+
+ENV = {"OMP_NUM_THREADS": "1", "ENTROPY_PROBE_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad command line; `{w}` in arguments and outputs stands for the workspace, `{n}` for the name."""
+
+    name: str
+    args: tuple[str, ...]
+    #: Fragments that the single `error:` line must contain (the value and the fix).
+    message: tuple[str, ...]
+    #: Paths that must not exist afterwards, nor any temporary or partial sibling of them.
+    outputs: tuple[str, ...] = ()
+    env: dict = field(default_factory=dict)
+    needs_permissions: bool = False
+
+
+def case(name, args, message, outputs=(), env=None, needs_permissions=False) -> Case:
+    message = (message,) if isinstance(message, str) else tuple(message)
+    outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+    return Case(name, tuple(args), message, outputs, env or {}, needs_permissions)
+
+
+M = ("measure",)
+#: Every case writes to its own path, so that a case that wrongly succeeds cannot break another.
+OUT = ("--out", "{w}/{n}.nc")
+R = "{w}/{n}.nc"
+
+CASES = [
+    # --- paths -------------------------------------------------------------------------------
+    case("missing-checkpoint", M + ("{w}/nothing",) + OUT, ("'{w}/nothing' not found", "catalog list"), R),
+    case("unreadable-checkpoint", M + ("{w}/noaccess",) + OUT, ("{w}/noaccess", "permission"), R, needs_permissions=True),
+    case("checkpoint-is-file", M + ("{w}/afile",) + OUT, ("'{w}/afile' is a file", "checkpoint directory"), R),
+    case("data-folder-is-file", M + ("{w}/gmm2", "--data", "mnist-idx:dir={w}/afile") + OUT, ("{w}/afile", "is a file", "directory"), R),
+    case("missing-data-file", M + ("{w}/gmm2", "--data", "npz:path={w}/missing.npz") + OUT, ("{w}/missing.npz", "not found"), R),
+    case("scheduler-config-for-oracle", M + ("{w}/gmm2", "--scheduler-config", "{w}/missing.json") + OUT, ("--scheduler-config", "{w}/gmm2", "leave it out"), R),
+    # --- checkpoint contents ------------------------------------------------------------------
+    case("corrupted-weights", M + ("{w}/corrupt",) + OUT, ("{w}/corrupt/model.safetensors", "corrupted"), R),
+    case("truncated-weights", M + ("{w}/truncated",) + OUT, ("{w}/truncated/model.safetensors", "truncated"), R),
+    case("swapped-weights", M + ("{w}/swapped",) + OUT, ("{w}/swapped/model.safetensors", "SHA-256", "restore"), R),
+    case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON"), R),
+    case("config-missing-key", M + ("{w}/nokey",) + OUT, ("{w}/nokey", "lacks the key 'architecture'"), R),
+    case("config-wrong-type", M + ("{w}/wrongtype",) + OUT, ("{w}/wrongtype", "'network' must be dict", "[8, 8]"), R),
+    case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
+    case("oracle-config-wrong-type", M + ("{w}/oraclebad",) + OUT, ("{w}/oraclebad", "'data_shape' must be list", "'two'"), R),
+    case("weights-do-not-fit", M + ("{w}/mismatch",) + OUT, ("{w}/mismatch", "do not fit", "shape (8, 16)"), R),
+    case("malicious-pickle", M + ("{w}/evil",) + OUT, ("{w}/evil/model.pt", "refused", "io.open", "weights_only=True", "safetensors"), (R, "{w}/pwned")),
+    case("pickle-without-config", M + ("{w}/lone.pt",) + OUT, ("{w}/lone.pt", "config.json", "directory"), R),
+    # --- data that does not fit ----------------------------------------------------------------
+    case("data-shape-mismatch", M + ("{w}/gmm2", "--data", "gmm:dim=5") + OUT, ("shape (5,)", "(2,)", "--data"), R),
+    case("channel-mismatch", M + ("mnist-unet-vp", "--data", "npz:path={w}/rgb.npz") + OUT, ("(3, 28, 28)", "(1, 28, 28)"), R),
+    case("empty-dataset", M + ("{w}/gmm2", "--data", "npz:path={w}/empty.npz") + OUT, ("{w}/empty.npz", "empty", "at least one item"), R),
+    case("non-finite-data", M + ("{w}/gmm2", "--data", "npz:path={w}/nan.npz") + OUT, ("{w}/nan.npz", "non-finite", "item 1"), R),
+    case("n_c-above-class-size", ("train", "--data", "digits:n_c=1000", "--out", "{w}/run-nc"), ("n_c=1000",), "{w}/run-nc"),
+    case("unknown-data-source", M + ("{w}/gmm2", "--data", "imagenet") + OUT, ("'imagenet'",), R),
+    case("reference-of-other-shape", M + ("{w}/gmm2", "--reference", "{w}/gauss3") + OUT, ("(3,)", "(2,)"), R),
+    # --- process and time range ----------------------------------------------------------------
+    case("unknown-process", M + ("{w}/gmm2", "--process", "nope") + OUT, ("unknown process 'nope'",), R),
+    case("process-bad-value", M + ("{w}/gmm2", "--process", "vp:beta_min=abc") + OUT, ("'abc'", "beta_min"), R),
+    case("process-unknown-parameter", M + ("{w}/gmm2", "--process", "vp:gamma=1") + OUT, ("'gamma'", "allowed parameters"), R),
+    case("process-inconsistent", M + ("{w}/gmm2", "--process", "vp:beta_min=1,beta_max=0.5") + OUT, ("beta_max=0.5",), R),
+    case("t-min-zero", M + ("{w}/gmm2", "--t-min", "0") + OUT, ("t_min=0.0",), R),
+    case("t-min-negative", M + ("{w}/gmm2", "--t-min", "-0.1") + OUT, ("t_min=-0.1",), R),
+    case("t-min-above-t-max", M + ("{w}/gmm2", "--t-min", "0.5", "--t-max", "0.2") + OUT, ("T=0.2",), R),
+    case("t-max-beyond-sl", M + ("{w}/gmm2", "--process", "sl", "--t-max", "1") + OUT, ("T=1.0",), R),
+    case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("σ/α", "valid only from", "--t-min"), R),
+    # --- counts ----------------------------------------------------------------------------
+    case("samples-zero", M + ("{w}/gmm2", "--samples", "0") + OUT, ("samples 0", "--samples"), R),
+    case("samples-negative", M + ("{w}/gmm2", "--samples", "-4") + OUT, ("samples -4",), R),
+    case("nodes-zero", M + ("{w}/gmm2", "--nodes", "0") + OUT, ("nodes 0", "--nodes"), R),
+    case("strata-zero", M + ("{w}/gmm2", "--strata", "0") + OUT, ("strata 0", "--strata"), R),
+    case("batch-size-zero", M + ("{w}/gmm2", "--batch-size", "0") + OUT, ("0", "batch size"), R),
+    case("target-stderr-above-one", M + ("{w}/gmm2", "--target-stderr", "2") + OUT, ("2.0", "--target-stderr"), R),
+    case("sample-count-zero", ("sample", "{w}/gmm2", "-n", "0", "--out", "{w}/s.npz"), ("-n", "0"), "{w}/s.npz"),
+    case("sample-steps-zero", ("sample", "{w}/gmm2", "--steps", "0", "--out", "{w}/s.npz"), ("--steps", "0"), "{w}/s.npz"),
+    case("train-epochs-zero", ("train", "--data", "gmm:dim=2,n=16", "--epochs", "0", "--out", "{w}/run0"), ("--epochs 0",), "{w}/run0"),
+    case("train-lr-negative", ("train", "--data", "gmm:dim=2,n=16", "--lr", "-1", "--out", "{w}/run0"), ("--lr -1",), "{w}/run0"),
+    case("oracle-dim-zero", ("oracle", "gaussian", "--dim", "0", "--out", "{w}/o0"), ("--dim 0",), "{w}/o0"),
+    case("oracle-negative-std", ("oracle", "gaussian", "--std", "-1", "--out", "{w}/o0"), ("std -1", "> 0"), "{w}/o0"),
+    case("oracle-components-zero", ("oracle", "gmm", "--components", "0", "--out", "{w}/o0"), ("components=0", ">= 1"), "{w}/o0"),
+    case("oracle-pickled-npz", ("oracle", "gmm", "--from-file", "{w}/objects.npz", "--out", "{w}/o0"), ("{w}/objects.npz", "numeric arrays"), "{w}/o0"),
+    # --- outputs ---------------------------------------------------------------------------
+    case("output-folder-missing", M + ("{w}/gmm2", "--out", "{w}/nodir/r.nc"), ("{w}/nodir", "does not exist"), "{w}/nodir"),
+    case("output-folder-unwritable", M + ("{w}/gmm2", "--out", "{w}/ro/r.nc"), ("{w}/ro", "not writable"), "{w}/ro/r.nc", needs_permissions=True),
+    case("output-exists", M + ("{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
+    case("output-is-directory", M + ("{w}/gmm2", "--out", "{w}/adir"), ("{w}/adir", "directory"), ()),
+    case("plot-output-exists", M + ("{w}/gmm2", "--plot", "{w}/exists.png") + OUT, ("{w}/exists.png", "--overwrite"), R),
+    case("train-out-is-file", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/afile"), ("{w}/afile", "is a file"), ()),
+    case("train-out-unwritable", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/ro/run"), ("{w}/ro", "run"), "{w}/ro/run", needs_permissions=True),
+    case("oracle-out-exists", ("oracle", "gaussian", "--out", "{w}/gmm2"), ("{w}/gmm2", "--overwrite"), ()),
+    case("compare-output-exists", ("compare", "{w}/gmm2", "--process", "vp", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
+    case("sample-output-exists", ("sample", "{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
+    case("export-output-exists", ("export", "{w}/unet", "--out", "{w}/adir"), ("{w}/adir", "--overwrite"), ()),
+    # --- names -----------------------------------------------------------------------------
+    case("unknown-catalog-name", ("catalog", "show", "no-such-model"), ("'no-such-model'", "catalog list"), ()),
+    case("unknown-model-name", M + ("no-such-model",) + OUT, ("'no-such-model'", "catalog list"), R),
+    case(
+        "hub-id-not-cached", M + ("google/ddpm-cifar10-32",) + OUT, ("'google/ddpm-cifar10-32'", "not in the local cache", "hf download"), R,
+        env={"HF_HOME": "{w}/hf-home", "HF_HUB_CACHE": ""},
+    ),
+    case("invalid-adapter", M + ("{w}/gmm2", "--adapter", "no_such_module:load") + OUT, ("'no_such_module'", "PYTHONPATH"), R),
+    case("cuda-without-gpu", M + ("{w}/gmm2", "--device", "cuda") + OUT, ("--device cuda", "--device cpu"), R),
+    # --- other commands ----------------------------------------------------------------------
+    case("compare-bad-process", ("compare", "{w}/gmm2", "--process", "vp", "--process", "nope", "--out", "{w}/c.nc"), ("'nope'",), "{w}/c.nc"),
+    case("audit-infinite-train-set", ("audit", "{w}/gmm2", "--train", "gmm:dim=2", "--heldout", "gmm:dim=2", "--out", "{w}/a.nc"), ("gmm:dim=2", "n="), "{w}/a.nc"),
+    case("export-non-unet", ("export", "{w}/net", "--out", "{w}/exported"), ("{w}/net", "U-Net"), "{w}/exported"),
+    case("train-resume-other-settings", ("train", "--resume", "--lr", "0.5", "--out", "{w}/net"), ("lr=0.5", "--resume"), ()),
+    case("train-missing-data", ("train", "--out", "{w}/run0"), ("--data",), "{w}/run0"),
+]
+
+#: Commands whose --debug run must show the traceback of a UserError.
+DEBUG_CASES = [
+    ("measure", "{w}/nothing", "--out", R),
+    ("compare", "{w}/nothing", "--process", "vp", "--out", R),
+    ("train", "--data", "imagenet", "--out", "{w}/run0"),
+    ("sample", "{w}/nothing", "--out", "{w}/s.npz"),
+    ("audit", "{w}/nothing", "--train", "gmm:dim=2,n=8", "--heldout", "gmm:dim=2", "--out", R),
+    ("export", "{w}/nothing", "--out", "{w}/exported"),
+    ("oracle", "gmm", "--from-file", "{w}/missing.npz", "--out", "{w}/o0"),
+    ("catalog", "show", "no-such-model"),
+]
+
+
+# --- the workspace ---------------------------------------------------------------------------
+
+def _write_json(path: Path, payload) -> None:
+    path.write_text(json.dumps(payload, indent=2))
+
+
+def _edit_config(directory: Path, change) -> None:
+    config = json.loads((directory / "config.json").read_text())
+    change(config)
+    _write_json(directory / "config.json", config)
+
+
+class _CreatesFile:
+    """Unpickling this object opens (and so creates) the file at `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def build_workspace(root: Path) -> None:
+    """Create the checkpoints, data files and folders that the cases refer to."""
+    from entropy_probe.checkpoint import save_oracle
+    from entropy_probe.oracles import GaussianOracle, paper_mixture
+    from entropy_probe.train import TrainSettings, train
+
+    save_oracle(paper_mixture(2, seed=3), root / "gmm2")
+    save_oracle(GaussianOracle(np.zeros(3), np.ones(3)), root / "gauss3")
+    settings = TrainSettings(
+        architecture="mlp", data="gmm:dim=2,n=32", epochs=1, batch_size=32,
+        network={"widths": [8, 8], "fourier_features": 4}, progress=False,
+    )
+    train(settings, root / "net")
+
+    (root / "afile").write_text("not a checkpoint\n")
+    (root / "adir").mkdir()
+    (root / "exists.nc").write_text("an earlier result\n")
+    (root / "exists.png").write_text("an earlier plot\n")
+
+    shutil.copytree(root / "gmm2", root / "corrupt")
+    (root / "corrupt" / "model.safetensors").write_bytes(b"\x13\x00\x00\x00\x00\x00\x00\x00garbage bytes here")
+    shutil.copytree(root / "gmm2", root / "truncated")
+    weights = (root / "gmm2" / "model.safetensors").read_bytes()
+    (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    shutil.copytree(root / "gmm2", root / "swapped")
+    shutil.copyfile(root / "gauss3" / "model.safetensors", root / "swapped" / "model.safetensors")
+    shutil.copytree(root / "gmm2", root / "badjson")
+    (root / "badjson" / "config.json").write_text('{"format": "entropy-probe",')
+    shutil.copytree(root / "gmm2", root / "oraclebad")
+    _edit_config(root / "oraclebad", lambda c: c.update(data_shape="two"))
+
+    for name in ("nokey", "wrongtype", "newer", "mismatch", "evil"):
+        shutil.copytree(root / "net", root / name, ignore=shutil.ignore_patterns("epoch-*", "train-state", "*.jsonl", "options.json"))
+    _edit_config(root / "nokey", lambda c: c.pop("architecture"))
+    _edit_config(root / "wrongtype", lambda c: c.update(network=[8, 8]))
+    _edit_config(root / "newer", lambda c: c.update(format_version=99))
+    _edit_config(root / "mismatch", lambda c: c["network"].update(widths=[16, 16]))
+    (root / "evil" / "model.safetensors").unlink()
+    _edit_config(root / "evil", lambda c: c.pop("weights_sha256"))
+    torch.save({"weight": _CreatesFile(str(root / "pwned"))}, root / "evil" / "model.pt")
+    (root / "lone.pt").write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+
+    shutil.copytree(root / "gmm2", root / "noaccess")
+    os.chmod(root / "noaccess", 0)
+    (root / "ro").mkdir()
+    os.chmod(root / "ro", 0o555)
+
+    np.savez(root / "rgb.npz", x=np.zeros((4, 3, 28, 28)))
+    np.savez(root / "empty.npz", x=np.zeros((0, 2)))
+    np.savez(root / "nan.npz", x=np.array([[0.0, 1.0], [np.nan, 2.0]]))
+    np.savez(root / "objects.npz", weights=np.array([{"a": 1}], dtype=object), means=np.zeros((1, 2)), stds=np.ones((1, 2)))
+
+    shutil.copytree(_shipped("mnist-unet-vp"), root / "unet")
+
+
+def _shipped(name: str) -> Path:
+    from entropy_probe.catalog import get_entry
+
+    entry = get_entry(name)
+    return entry.folder / entry.fields["path"]
+
+
+def _run(args, env: dict, workspace: Path, name: str = "debug") -> subprocess.CompletedProcess:
+    full_env = dict(os.environ)
+    full_env.update(ENV)
+    full_env.update({key: value.format(w=workspace, n=name) for key, value in env.items()})
+    return subprocess.run(
+        [sys.executable, "-m", "entropy_probe", *(arg.format(w=workspace, n=name) for arg in args)],
+        cwd=workspace, env=full_env, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad-input")
+    build_workspace(root)
+    yield root
+    for name in ("noaccess", "ro"):
+        os.chmod(root / name, 0o755)
+
+
+@pytest.fixture(scope="module")
+def outcomes(workspace):
+    """Run every case and every --debug case once, several at a time."""
+    # Cases that rely on file permissions are not run as root: they would succeed and run long.
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {
+            item.name: pool.submit(_run, item.args, item.env, workspace, item.name)
+            for item in CASES
+            if not (item.needs_permissions and IS_ROOT)
+        }
+        debug = {args[0]: pool.submit(_run, ("--debug",) + args, {}, workspace) for args in DEBUG_CASES}
+        return {name: future.result() for name, future in futures.items()}, {name: f.result() for name, f in debug.items()}
+
+
+def _leftovers(path: Path) -> list[Path]:
+    """The path itself and any temporary, partial or options sibling of it that exists."""
+    parent = path.parent
+    if not parent.is_dir() or not os.access(parent, os.R_OK | os.X_OK):
+        return [path] if path.exists() else []
+    stem = path.stem if path.suffix else path.name
+    found = [path] if path.exists() else []
+    for sibling in parent.iterdir():
+        name = sibling.name
+        if name.startswith(f".{path.name}.") or name.startswith(f"{path.name}.partial") or name == f"{stem}.options.json":
+            found.append(sibling)
+    return found
+
+
+@pytest.mark.parametrize("item", CASES, ids=[item.name for item in CASES])
+def test_bad_input(item: Case, outcomes, workspace):
+    if item.needs_permissions and IS_ROOT:
+        pytest.skip(ROOT_REASON)
+    done = outcomes[0][item.name]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1, done.stderr
+    for fragment in item.message:
+        assert fragment.format(w=workspace, n=item.name) in errors[0], errors[0]
+    for output in item.outputs:
+        assert _leftovers(Path(output.format(w=workspace, n=item.name))) == []
+
+
+@pytest.mark.parametrize("args", DEBUG_CASES, ids=[args[0] for args in DEBUG_CASES])
+def test_debug_shows_traceback(args, outcomes):
+    done = outcomes[1][args[0]]
+    assert done.returncode != 0
+    assert "Traceback (most recent call last)" in done.stderr, done.stderr
+    assert "Error" in done.stderr.strip().splitlines()[-1]
