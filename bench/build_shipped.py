@@ -38,7 +38,7 @@ CATALOG = ROOT / "catalog"
 
 #: Measurement settings of every recorded number: the defaults of `entropy-probe measure`, so
 #: `entropy-probe measure NAME` with no options repeats the recorded measurement.
-MEASURE = {"rule": "simpson", "nodes": 65, "samples": 256, "seed": 0}
+MEASURE = {"samples": 256, "seed": 0}
 
 #: name -> title, description and the options of `entropy-probe train` (without --out).
 RECIPES: dict[str, dict] = {
@@ -151,6 +151,7 @@ def recorded_numbers(result: Path) -> dict:
         "process": attrs["process"],
         "t_min": float(attrs["t_min"]),
         "t_max": float(attrs["t_max"]),
+        "estimator": attrs["estimator"],
         "rule": attrs["quadrature_rule"],
         "nodes": int(attrs["nodes"]),
         "samples": int(attrs["samples_per_node"]),
@@ -158,6 +159,9 @@ def recorded_numbers(result: Path) -> dict:
         "data": attrs["data"],
         "batch_size": int(attrs["batch_size"]),
     }
+    if attrs["estimator"] == "importance":
+        settings["strata"] = int(attrs["strata"])
+        settings["proposal"] = attrs["proposal"]
     return {
         **numbers,
         "units": {"s_nn": "nats", "cross_term": "nats", "denoising_loss": "nats", "ce_bound": "nats", "ce_bound_bpd": "bits/dim",
@@ -196,8 +200,7 @@ def build(name: str, recipe: dict, work: Path, catalog: Path, reuse_runs: bool =
     result = work / f"{name}.nc"
     data = config["data"]["heldout_spec"]
     measure_options = [
-        "--data", data, "--rule", MEASURE["rule"], "--nodes", str(MEASURE["nodes"]),
-        "--samples", str(MEASURE["samples"]), "--seed", str(MEASURE["seed"]),
+        "--data", data, "--samples", str(MEASURE["samples"]), "--seed", str(MEASURE["seed"]),
     ]
     measure_argv = ["measure", str(shipped), *measure_options, "--device", "cpu", "--out", str(result), "--overwrite"]
     print(f"[{name}] measuring: entropy-probe {shlex.join(measure_argv)}", flush=True)

@@ -93,11 +93,15 @@ def test_shipped_s_nn_matches_record(name):
     settings = recorded["settings"]
     model = load_denoiser(name)
     architecture = model.config["architecture"]
+    estimator = settings.get("estimator", "grid")
+    design = {"strata": settings["strata"], "proposal": settings["proposal"]} if estimator == "importance" else {}
     measure_settings = MeasureSettings(
         t_min=settings["t_min"],
         t_max=settings["t_max"],
-        rule=settings["rule"],
+        estimator=estimator,
+        rule=settings["rule"] if estimator == "grid" else "simpson",
         nodes=settings["nodes"],
+        **design,
         samples=TEST_SAMPLES[architecture],
         seed=settings["seed"] + 1,
         batch_size=256,
@@ -105,8 +109,6 @@ def test_shipped_s_nn_matches_record(name):
     )
     result = api.measure_checkpoint(model, process=settings["process"], data=settings["data"], settings=measure_settings)
 
-    # NOTE: the reported standard error of ce_bound underestimates the spread between seeds for
-    # gmm3-mlp-vp (0.12 against 0.16 nats at 256 samples), so its check has less margin.
     for quantity in ("s_nn", "ce_bound"):
         difference = float(result[quantity]) - recorded[quantity]
         combined = math.hypot(recorded[f"{quantity}_stderr"], float(result[f"{quantity}_stderr"]))
@@ -191,7 +193,9 @@ def test_measure_defaults_to_shipped_model(tmp_path):
     settings = _entry(DEFAULT_CHECKPOINT).fields["recorded"]["settings"]
     assert options["checkpoint"] == DEFAULT_CHECKPOINT
     assert options["data"] == "mnist:split=heldout" == settings["data"]
-    for key in ("process", "t_min", "t_max", "rule", "nodes", "samples", "seed"):
+    keys = ["process", "t_min", "t_max", "estimator", "samples", "seed"]
+    keys += ["strata", "proposal"] if settings["estimator"] == "importance" else ["rule", "nodes"]
+    for key in keys:
         assert options[key] == settings[key], key
 
 
