@@ -390,8 +390,9 @@ class Engine:
     ) -> RoundResult:
         """Evaluate items [start_j, stop_j) of every cell j; return their sums over all ranks.
 
-        `first_unit` skips units already done (a resumed run); `on_batch(sums, units_done)`
-        receives `base` plus the sums so far after every batch (single process only).
+        `first_unit` skips units already done (a resumed run), whose sums `base` holds; the
+        accumulators start from `base` (single process only). `on_batch(sums, units_done)`
+        receives the sums so far, `base` included, after every batch.
         """
         segments = round_segments(start_counts, stop_counts)
         total_units = sum(stop - start for _, start, stop in segments)
@@ -400,9 +401,15 @@ class Engine:
         batches = cut_batches(mine, self.units_per_batch)
 
         cells = design.grid.size
-        count = torch.zeros(cells, dtype=torch.float64, device=self.device)
-        total = torch.zeros((cells, len(self.quantities)), dtype=torch.float64, device=self.device)
-        total_sq = torch.zeros_like(total)
+        if base is not None:
+            # Continue the saved accumulators, so the sums add up in the order of an uninterrupted run.
+            count = torch.as_tensor(base.count, dtype=torch.float64).to(self.device).clone()
+            total = torch.as_tensor(base.total, dtype=torch.float64).to(self.device).clone()
+            total_sq = torch.as_tensor(base.total_sq, dtype=torch.float64).to(self.device).clone()
+        else:
+            count = torch.zeros(cells, dtype=torch.float64, device=self.device)
+            total = torch.zeros((cells, len(self.quantities)), dtype=torch.float64, device=self.device)
+            total_sq = torch.zeros_like(total)
         evaluations = 0
         done = first_unit
         iterator: Iterator = prefetched(batches, lambda segs: self.prepare(design, segs), self.prefetch)
@@ -416,10 +423,7 @@ class Engine:
             evaluations += batch.evaluations
             done += batch.units
             if on_batch is not None:
-                partial = _to_sums(self.quantities, count, total, total_sq)
-                if base is not None:
-                    partial.merge(base)
-                on_batch(partial, done)
+                on_batch(_to_sums(self.quantities, count, total, total_sq), done)
 
         sums = distributed.all_reduce_sums(_to_sums(self.quantities, count, total, total_sq))
         evaluations = int(distributed.all_reduce_sum(torch.tensor([float(evaluations)], dtype=torch.float64)).item())

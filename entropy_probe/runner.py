@@ -192,9 +192,7 @@ def run_rounds(
         first = engine.run(
             design, zeros, counts, first_unit=first_item, progress=_labelled(progress, "measure"), on_batch=on_batch, base=sums
         )
-        total = first.sums
-        if sums is not None:
-            total.merge(sums)
+        total = first.sums  # includes `sums`, from which the accumulators started
         return RoundsOutcome(total, spent + first.evaluations, 1, None, relative_stderr(total, weights))
     return _run_towards_target(engine, design, settings, spent, counts, progress)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from .. import distributed
+from .. import distributed, interrupts, measure_state
 from . import cli
 from .common import check_device, progress_enabled, save_options, tqdm_factory
 from .estimation import BatchSize, estimation_options, settings_fields
@@ -36,12 +36,14 @@ DEFAULT_CHECKPOINT = "mnist-unet-vp"
 @click.option("--adapter", "adapter", metavar="MODULE:FUNCTION", help="Load CHECKPOINT with FUNCTION(source, **options) from an importable module.")
 @click.option("--out", "out", required=True, metavar="RESULT.nc", help="NetCDF file to write.")
 @click.option("--plot", "plot_path", metavar="RESULT.png", help="Also draw the rate curves and cumulative entropy to this PNG.")
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files (and the saved state of an interrupted run).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run whose state RESULT.nc.partial.npz was saved beside --out; the same options give the same numbers as an uninterrupted run.")
+@click.option("--save-every", type=click.FloatRange(min=0), default=60.0, metavar="SECONDS", help="Save the resumable state at most this often (0: after every batch); Ctrl-C and SIGTERM save it too.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved settings and exit.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @estimation_options
 @click.pass_context
-def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samples, nodes, rule, seed, batch_size, reference_dir, device, scheduler_config, revision, adapter, out, plot_path, overwrite, dry_run, progress, **estimation):
+def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samples, nodes, rule, seed, batch_size, reference_dir, device, scheduler_config, revision, adapter, out, plot_path, overwrite, resume, save_every, dry_run, progress, **estimation):
     """Measure neural entropy S_NN and the cross-entropy bound of CHECKPOINT.
 
     CHECKPOINT is a checkpoint directory, a catalog name or a cached hub id; without it, the
@@ -56,10 +58,14 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
 
     Under torchrun every process evaluates its share of the draws and rank 0 alone
     prints and writes; the result equals that of one process.
+
+    Ctrl-C or SIGTERM saves the sums so far to RESULT.nc.partial.npz (also saved every
+    --save-every seconds); the same command with --resume continues from there. Runs with
+    --target-stderr and runs under torchrun cannot be resumed.
     """
-    from ..api import load_model, resolve_data, resolve_process, resolve_reference
-    from ..probe import MeasureSettings, measure, resolve_time_range, summarize
-    from ..results import check_output_path, write_dataset
+    from ..errors import OutputError, SpecError
+    from ..probe import MeasureSettings
+    from ..results import check_output_path
 
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     run = distributed.init_from_environment(check_device(device))
@@ -73,6 +79,27 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
     check_output_path(out, overwrite)
     if plot_path:
         check_output_path(plot_path, overwrite)
+    state = measure_state.state_path(out)
+    resumable = settings.target_stderr is None and not run.distributed
+    if resume and not resumable:
+        raise SpecError("--resume works for a fixed number of samples in a single process; leave out --target-stderr and torchrun, or --resume")
+    if state.exists() and not (resume or overwrite):
+        raise OutputError(
+            f"an interrupted run of this measurement saved its state in {str(state)!r}; pass --resume to "
+            f"continue it, or --overwrite to start again"
+        )
+    with interrupts.catch_signals():
+        try:
+            _measure(ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter, out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable)
+        except KeyboardInterrupt:
+            again = "the same command with --resume" if resume else "it again"
+            raise interrupts.interrupted(f"measure was interrupted before its first batch ended; no new state was saved; run {again}") from None
+
+
+def _measure(ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter, out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable):
+    from ..api import load_model, resolve_data, resolve_process, resolve_reference
+    from ..probe import measure, resolve_time_range, summarize
+    from ..results import write_dataset
 
     load_options = {key: value for key, value in (("scheduler_config", scheduler_config), ("revision", revision)) if value}
     model = load_model(checkpoint, adapter=adapter, **load_options)
@@ -98,14 +125,45 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
         return
 
     provenance = {"checkpoint": checkpoint, "checkpoint_sha256": model.fingerprint}
-    dataset = measure(model, process, data, settings, reference=reference, provenance=provenance, progress_factory=tqdm_factory, context=run)
+    saver = None
+    resumed = {}
+    if resumable and run.is_main:
+        deciding = {**options, "model_fingerprint": model.fingerprint, "reference_fingerprint": reference.fingerprint if reference is not None else None}
+        cells = settings.nodes if settings.estimator == "grid" else settings.strata
+        state = measure_state.state_path(out)
+        if resume:
+            sums, done = measure_state.load(state, deciding)
+            resumed = {"sums": sums, "first_item": done}
+            logger.info("resuming %s after %d of %d samples", out, done, cells * settings.samples)
+        saver = measure_state.StateSaver(state, deciding, cells * settings.samples, save_every, resumed.get("first_item", 0))
+    try:
+        dataset = measure(
+            model, process, data, settings, reference=reference, provenance=provenance, progress_factory=tqdm_factory,
+            context=run, on_batch=saver, **resumed,
+        )
+    except KeyboardInterrupt:
+        if saver is None:
+            raise interrupts.interrupted("measure was interrupted; runs with --target-stderr or torchrun cannot be resumed, so nothing was saved") from None
+        try:
+            saver.flush()
+        except KeyboardInterrupt:
+            pass  # a second signal arrived during the save, which completed
+        if saver.saved == 0:
+            raise interrupts.interrupted("measure was interrupted before the first batch ended; nothing was saved; run it again") from None
+        raise interrupts.interrupted(
+            f"measure was interrupted after {saver.saved} of {saver.samples} samples; the state is saved in "
+            f"{str(saver.path)!r}; run the same command with --resume to continue"
+        ) from None
     if not run.is_main:
         return
-    write_dataset(dataset, out, overwrite=overwrite)
-    save_options(out, "measure", options)
-    if plot_path:
-        from ..plots import plot_measurement
+    with interrupts.deferred():
+        write_dataset(dataset, out, overwrite=overwrite)
+        save_options(out, "measure", options)
+        if plot_path:
+            from ..plots import plot_measurement
 
-        plot_measurement(dataset, plot_path)
+            plot_measurement(dataset, plot_path)
+        if saver is not None:
+            saver.remove()
     click.echo(summarize(dataset))
     click.echo(f"\nwrote {out}" + (f" and {plot_path}" if plot_path else ""))

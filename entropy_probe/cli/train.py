@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from .. import distributed
+from .. import distributed, interrupts
 from . import cli
 from .common import check_device, progress_enabled, save_options
 
@@ -148,7 +148,11 @@ def train_command(ctx, **options):
 
     if not options["resume"] and not settings.data:
         raise click.UsageError("missing --data SPEC (for example --data digits:n_c=10)")
-    trainer = train(settings, out, resume=options["resume"], overwrite=options["overwrite"], explicit=explicit)
+    with interrupts.catch_signals():
+        try:
+            trainer = train(settings, out, resume=options["resume"], overwrite=options["overwrite"], explicit=explicit)
+        except KeyboardInterrupt:
+            raise _interrupted(out) from None
     if not run.is_main:
         return
     save_options(out, "train", {**options, "resolved": trainer.settings.record()})
@@ -156,3 +160,19 @@ def train_command(ctx, **options):
     if last is not None:
         click.echo(f"epoch {last['epoch']}: loss {last['loss']:.6g} ({trainer.settings.weighting} weighting)")
     click.echo(f"wrote {out} (checkpoint of epoch {trainer.epoch}); measure it with: entropy-probe measure {out} --out RESULT.nc")
+
+
+def _interrupted(out: str) -> Exception:
+    """The error of an interrupted training run: what was saved and how to continue."""
+    from pathlib import Path
+
+    from ..train import io
+
+    state = io.find_state(Path(out))
+    if state is None:
+        return interrupts.interrupted("train was interrupted before its first epoch ended; nothing was saved; run the same command with --resume to start again")
+    epoch = io.read_config(state).get("epoch", "?")
+    return interrupts.interrupted(
+        f"train was interrupted; the state after epoch {epoch} is saved in {str(state)!r}; run the same command "
+        f"with --resume to continue (the unfinished epoch is repeated)"
+    )

@@ -37,7 +37,7 @@ import torch
 
 from .. import __version__
 from .. import data as data_module
-from .. import distributed
+from .. import distributed, interrupts
 from ..draws import derived_seed
 from ..errors import NonFiniteError, SpecError
 from ..processes import from_spec as process_from_spec
@@ -428,7 +428,8 @@ class Trainer:
         In a distributed run rank 0 writes and the other ranks wait for it.
         """
         saved = None
-        with distributed.main_process_only() as main_process:
+        # Ctrl-C or SIGTERM waits until the state is saved (see `interrupts`).
+        with interrupts.deferred(), distributed.main_process_only() as main_process:
             if main_process:
                 if checkpoint:
                     saved = io.save_network_checkpoint(self.out, self.epoch, self.checkpoint_config(), self.weights())
