@@ -99,9 +99,20 @@ def load_catalog() -> dict[str, CatalogEntry]:
     entries: dict[str, CatalogEntry] = {}
     for folder in catalog_directories():
         if not folder.is_dir():
-            raise CatalogError(f"catalog folder {str(folder)!r} (from ${ENVIRONMENT_VARIABLE}) does not exist")
+            raise CatalogError(
+                f"catalog folder {str(folder)!r} (from ${ENVIRONMENT_VARIABLE}) does not exist; create it or "
+                f"correct ${ENVIRONMENT_VARIABLE}"
+            )
         for file in sorted(folder.glob("*.json")):
-            entry = read_entry(file)
+            try:
+                entry = read_entry(file)
+            except CatalogError as error:
+                fix = (
+                    "reinstall entropy-probe"
+                    if folder == builtin_directory()
+                    else f"fix the file, or move it out of the folder given in ${ENVIRONMENT_VARIABLE}"
+                )
+                raise CatalogError(f"{error}; {fix}") from None
             entries[entry.name] = entry
     return entries
 
@@ -123,7 +134,9 @@ def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], fi
         raise CatalogError(f"catalog file {str(file)!r} lacks the field {key!r}")
     value = fields[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise CatalogError(f"catalog file {str(file)!r}: field {key!r} has the wrong type ({type(value).__name__})")
+        expected = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise CatalogError(f"catalog file {str(file)!r}: field {key!r} must be {expected}, not {type(value).__name__} {shown}")
     return value
 
 
@@ -200,7 +213,10 @@ def get_entry(name: str) -> CatalogEntry:
     """Return the entry called `name`; raise SpecError listing the names when there is none."""
     entries = load_catalog()
     if name not in entries:
-        raise SpecError(f"unknown catalog entry {name!r}; known entries: {', '.join(sorted(entries)) or 'none'}")
+        raise SpecError(
+            f"unknown catalog entry {name!r}; known entries: {', '.join(sorted(entries)) or 'none'} "
+            f"(see 'entropy-probe catalog list')"
+        )
     return entries[name]
 
 

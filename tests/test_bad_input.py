@@ -1,10 +1,11 @@
 """Bad input through the real command line: one clear error, no traceback, no output left behind.
 
-Every case runs `python -m entropy_probe ...` in a subprocess. The cases are independent, so a
-session fixture runs them all at once in a small thread pool (each costs a few seconds of
-interpreter start-up) and every parametrised test then checks one of them: a non-zero exit
-status, exactly one `error:` line on stderr that names the bad value and the fix, no traceback,
-and no output file or temporary sibling of it.
+Every case calls the console script's entry point `entropy_probe.cli:main` with its arguments,
+in-process (fast), and checks: a non-zero exit status, exactly one `error:` line on stderr that
+names the bad value and the fix, no exception other than the exit, and no output file or
+temporary sibling of it. A few cases also run the installed `entropy-probe` script in a
+subprocess, where "no traceback" is checked on the real stderr, and `--debug` is shown to
+bring the traceback back.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import os
 import pickle
 import shutil
+import contextlib
+import io
 import subprocess
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +30,12 @@ import torch
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 ROOT_REASON = "running as root: file permissions do not block root, so chmod cannot make a path unreadable"
 
+torch.set_num_threads(1)
+
 #: Subprocesses at a time; each is mostly interpreter and torch start-up.
-WORKERS = 4
+WORKERS = 2
+
+SCRIPT = Path(sys.executable).with_name("entropy-probe")
 
 ENV = {"OMP_NUM_THREADS": "1", "ENTROPY_PROBE_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -74,7 +82,7 @@ CASES = [
     case("config-wrong-type", M + ("{w}/wrongtype",) + OUT, ("{w}/wrongtype", "'network' must be dict", "[8, 8]"), R),
     case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
     case("oracle-config-wrong-type", M + ("{w}/oraclebad",) + OUT, ("{w}/oraclebad", "'data_shape' must be list", "'two'"), R),
-    case("weights-do-not-fit", M + ("{w}/mismatch",) + OUT, ("{w}/mismatch", "do not fit", "shape (8, 16)"), R),
+    case("weights-do-not-fit", M + ("{w}/mismatch",) + OUT, ("{w}/mismatch", "do not fit", "(16, 8) in the network"), R),
     case("malicious-pickle", M + ("{w}/evil",) + OUT, ("{w}/evil/model.pt", "refused", "io.open", "weights_only=True", "safetensors"), (R, "{w}/pwned")),
     case("pickle-without-config", M + ("{w}/lone.pt",) + OUT, ("{w}/lone.pt", "config.json", "directory"), R),
     # --- data that does not fit ----------------------------------------------------------------
@@ -131,6 +139,15 @@ CASES = [
     ),
     case("invalid-adapter", M + ("{w}/gmm2", "--adapter", "no_such_module:load") + OUT, ("'no_such_module'", "PYTHONPATH"), R),
     case("cuda-without-gpu", M + ("{w}/gmm2", "--device", "cuda") + OUT, ("--device cuda", "--device cpu"), R),
+    # --- recipe files in a catalog folder ($ENTROPY_PROBE_CATALOG) ------------------------------
+    case("catalog-folder-missing", ("catalog", "list"), ("{w}/nocatalog", "does not exist", "$ENTROPY_PROBE_CATALOG"), env={"ENTROPY_PROBE_CATALOG": "{w}/nocatalog"}),
+    case("recipe-invalid-json", ("catalog", "show", "my-recipe"), ("{w}/cat-json/my-recipe.json", "cannot read", "fix the file"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-json"}),
+    case("recipe-missing-field", ("catalog", "show", "my-recipe"), ("my-recipe.json", "lacks the field 'recipe'", "fix the file"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-missing"}),
+    case("recipe-wrong-type", ("catalog", "show", "my-recipe"), ("my-recipe.json", "'recipe' must be dict, not str", "fix the file"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-type"}),
+    case("recipe-newer-schema", ("catalog", "show", "my-recipe"), ("my-recipe.json", "schema_version 2", "upgrade entropy-probe"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-newer"}),
+    case("recipe-bad-process", ("catalog", "show", "my-recipe"), ("my-recipe.json", "'nope'", "fix the file"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-process"}),
+    case("recipe-name-mismatch", ("catalog", "list"), ("my-recipe.json", "'other-name'", "must equal the file name"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-name"}),
+    case("recipe-as-checkpoint", M + ("paper-cifar10-unet-vp",) + OUT, ("'paper-cifar10-unet-vp'", "recipe without weights", "entropy-probe train"), R),
     # --- other commands ----------------------------------------------------------------------
     case("compare-bad-process", ("compare", "{w}/gmm2", "--process", "vp", "--process", "nope", "--out", "{w}/c.nc"), ("'nope'",), "{w}/c.nc"),
     case("audit-infinite-train-set", ("audit", "{w}/gmm2", "--train", "gmm:dim=2", "--heldout", "gmm:dim=2", "--out", "{w}/a.nc"), ("gmm:dim=2", "n="), "{w}/a.nc"),
@@ -139,7 +156,15 @@ CASES = [
     case("train-missing-data", ("train", "--out", "{w}/run0"), ("--data",), "{w}/run0"),
 ]
 
-#: Commands whose --debug run must show the traceback of a UserError.
+#: Cases that only a fresh process can show: the hub cache location is read when
+#: huggingface_hub is imported.
+SUBPROCESS_ONLY = {"hub-id-not-cached"}
+#: Cases that also run through the installed script, for the real stderr and exit status.
+SUBPROCESS_TOO = {"missing-checkpoint", "unknown-process", "malicious-pickle", "output-exists"}
+#: --debug runs of the installed script, which must print the traceback.
+SCRIPT_DEBUG_CASES = [("measure", "{w}/nothing", "--out", R), ("train", "--data", "imagenet", "--out", "{w}/run0")]
+
+#: Commands whose --debug run must let the UserError through (the script then prints its traceback).
 DEBUG_CASES = [
     ("measure", "{w}/nothing", "--out", R),
     ("compare", "{w}/nothing", "--process", "vp", "--out", R),
@@ -198,6 +223,9 @@ def build_workspace(root: Path) -> None:
     shutil.copytree(root / "gmm2", root / "truncated")
     weights = (root / "gmm2" / "model.safetensors").read_bytes()
     (root / "truncated" / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    # Without a recorded SHA-256 the damage shows when the file is parsed.
+    for name in ("corrupt", "truncated"):
+        _edit_config(root / name, lambda c: c.pop("weights_sha256"))
     shutil.copytree(root / "gmm2", root / "swapped")
     shutil.copyfile(root / "gauss3" / "model.safetensors", root / "swapped" / "model.safetensors")
     shutil.copytree(root / "gmm2", root / "badjson")
@@ -228,6 +256,23 @@ def build_workspace(root: Path) -> None:
 
     shutil.copytree(_shipped("mnist-unet-vp"), root / "unet")
 
+    recipe = {
+        "schema_version": 1, "name": "my-recipe", "kind": "recipe", "title": "A recipe",
+        "process": "vp", "recipe": {"data": "gmm:dim=2", "epochs": 5},
+    }
+    variants = {
+        "cat-missing": {key: value for key, value in recipe.items() if key != "recipe"},
+        "cat-type": {**recipe, "recipe": "train for five epochs"},
+        "cat-newer": {**recipe, "schema_version": 2},
+        "cat-process": {**recipe, "process": "nope"},
+        "cat-name": {**recipe, "name": "other-name"},
+    }
+    for folder, fields in variants.items():
+        (root / folder).mkdir()
+        _write_json(root / folder / "my-recipe.json", fields)
+    (root / "cat-json").mkdir()
+    (root / "cat-json" / "my-recipe.json").write_text('{"schema_version": 1, "name": "my-recipe",\n')
+
 
 def _shipped(name: str) -> Path:
     from entropy_probe.catalog import get_entry
@@ -236,14 +281,55 @@ def _shipped(name: str) -> Path:
     return entry.folder / entry.fields["path"]
 
 
-def _run(args, env: dict, workspace: Path, name: str = "debug") -> subprocess.CompletedProcess:
+def _format(values, workspace: Path, name: str):
+    return [value.format(w=workspace, n=name) for value in values]
+
+
+def _run_script(args, env: dict, workspace: Path, name: str = "debug") -> subprocess.CompletedProcess:
+    """Run the installed console script in a subprocess."""
     full_env = dict(os.environ)
     full_env.update(ENV)
     full_env.update({key: value.format(w=workspace, n=name) for key, value in env.items()})
     return subprocess.run(
-        [sys.executable, "-m", "entropy_probe", *(arg.format(w=workspace, n=name) for arg in args)],
+        [str(SCRIPT), *_format(args, workspace, name)],
         cwd=workspace, env=full_env, capture_output=True, text=True, timeout=300,
     )
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    #: An exception other than SystemExit that escaped the entry point.
+    escaped: BaseException | None = None
+
+
+def _run_in_process(args, env: dict, workspace: Path, name: str) -> Outcome:
+    """Call the console script's entry point `main(argv)` with redirected output and environment."""
+    from entropy_probe.cli import main
+
+    changes = {**ENV, **{key: value.format(w=workspace, n=name) for key, value in env.items()}}
+    saved = {key: os.environ.get(key) for key in changes}
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code, escaped = 0, None
+    os.environ.update(changes)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            main(_format(args, workspace, name))
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    except BaseException as error:  # noqa: BLE001 - the test reports it
+        escaped = error
+        code = -1
+        stderr.write("".join(traceback.format_exception(error)))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return Outcome(code, stdout.getvalue(), stderr.getvalue(), escaped)
 
 
 @pytest.fixture(scope="module")
@@ -253,20 +339,6 @@ def workspace(tmp_path_factory):
     yield root
     for name in ("noaccess", "ro"):
         os.chmod(root / name, 0o755)
-
-
-@pytest.fixture(scope="module")
-def outcomes(workspace):
-    """Run every case and every --debug case once, several at a time."""
-    # Cases that rely on file permissions are not run as root: they would succeed and run long.
-    with ThreadPoolExecutor(WORKERS) as pool:
-        futures = {
-            item.name: pool.submit(_run, item.args, item.env, workspace, item.name)
-            for item in CASES
-            if not (item.needs_permissions and IS_ROOT)
-        }
-        debug = {args[0]: pool.submit(_run, ("--debug",) + args, {}, workspace) for args in DEBUG_CASES}
-        return {name: future.result() for name, future in futures.items()}, {name: f.result() for name, f in debug.items()}
 
 
 def _leftovers(path: Path) -> list[Path]:
@@ -283,13 +355,9 @@ def _leftovers(path: Path) -> list[Path]:
     return found
 
 
-@pytest.mark.parametrize("item", CASES, ids=[item.name for item in CASES])
-def test_bad_input(item: Case, outcomes, workspace):
-    if item.needs_permissions and IS_ROOT:
-        pytest.skip(ROOT_REASON)
-    done = outcomes[0][item.name]
+def _check(item: Case, done, workspace: Path) -> None:
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode != 0, done.stdout + done.stderr
+    assert done.returncode not in (0, None), done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert len(errors) == 1, done.stderr
     for fragment in item.message:
@@ -298,9 +366,45 @@ def test_bad_input(item: Case, outcomes, workspace):
         assert _leftovers(Path(output.format(w=workspace, n=item.name))) == []
 
 
-@pytest.mark.parametrize("args", DEBUG_CASES, ids=[args[0] for args in DEBUG_CASES])
-def test_debug_shows_traceback(args, outcomes):
-    done = outcomes[1][args[0]]
+IN_PROCESS = [item for item in CASES if item.name not in SUBPROCESS_ONLY]
+
+
+@pytest.mark.parametrize("item", IN_PROCESS, ids=[item.name for item in IN_PROCESS])
+def test_bad_input(item: Case, workspace):
+    if item.needs_permissions and IS_ROOT:
+        pytest.skip(ROOT_REASON)
+    _check(item, _run_in_process(item.args, item.env, workspace, item.name), workspace)
+
+
+@pytest.fixture(scope="module")
+def script_outcomes(workspace):
+    """Run the subprocess cases and the --debug cases with the installed script, two at a time."""
+    chosen = [item for item in CASES if item.name in SUBPROCESS_ONLY | SUBPROCESS_TOO]
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = {item.name: pool.submit(_run_script, item.args, item.env, workspace, item.name) for item in chosen}
+        debug = {args[0]: pool.submit(_run_script, ("--debug",) + args, {}, workspace) for args in SCRIPT_DEBUG_CASES}
+        return {name: future.result() for name, future in futures.items()}, {name: f.result() for name, f in debug.items()}
+
+
+SCRIPT_CASES = [item for item in CASES if item.name in SUBPROCESS_ONLY | SUBPROCESS_TOO]
+
+
+@pytest.mark.parametrize("item", SCRIPT_CASES, ids=[item.name for item in SCRIPT_CASES])
+def test_bad_input_console_script(item: Case, script_outcomes, workspace):
+    _check(item, script_outcomes[0][item.name], workspace)
+
+
+@pytest.mark.parametrize("args", SCRIPT_DEBUG_CASES, ids=[args[0] for args in SCRIPT_DEBUG_CASES])
+def test_debug_shows_traceback_in_console_script(args, script_outcomes):
+    done = script_outcomes[1][args[0]]
     assert done.returncode != 0
     assert "Traceback (most recent call last)" in done.stderr, done.stderr
     assert "Error" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args", DEBUG_CASES, ids=[args[0] for args in DEBUG_CASES])
+def test_debug_lets_the_error_through(args, workspace):
+    from entropy_probe.errors import UserError
+
+    done = _run_in_process(("--debug",) + args, {}, workspace, "debug")
+    assert isinstance(done.escaped, UserError), done.stderr
