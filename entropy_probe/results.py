@@ -57,7 +57,14 @@ def check_output_path(path: str | Path, overwrite: bool) -> Path:
     if not parent.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable")
+        raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} is not writable; choose another folder")
+    # Permissions do not tell everything (read-only file systems, root): try to create a file.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror} in folder {str(parent)!r}; choose another folder") from None
+    os.close(fd)
+    os.unlink(probe)
     return path
 
 
@@ -68,11 +75,17 @@ def write_dataset(dataset: xr.Dataset, path: str | Path, overwrite: bool = False
     clean.attrs = clean_attrs(dataset.attrs)
     for name in list(clean.variables):
         clean[name].attrs = clean_attrs(dataset[name].attrs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror}; choose another folder") from None
     os.close(fd)
     try:
         clean.to_netcdf(tmp, engine="h5netcdf")
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}; free space or choose another folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

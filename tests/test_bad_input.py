@@ -121,6 +121,10 @@ CASES = [
     # --- outputs ---------------------------------------------------------------------------
     case("output-folder-missing", M + ("{w}/gmm2", "--out", "{w}/nodir/r.nc"), ("{w}/nodir", "does not exist"), "{w}/nodir"),
     case("output-folder-unwritable", M + ("{w}/gmm2", "--out", "{w}/ro/r.nc"), ("{w}/ro", "not writable"), "{w}/ro/r.nc", needs_permissions=True),
+    # Root ignores permissions, but not a file system that refuses new files.
+    case("output-folder-refuses-files", M + ("{w}/gmm2", "--out", "/proc/{n}.nc"), ("cannot write '/proc/{n}.nc'",), "/proc/{n}.nc"),
+    case("train-out-refuses-files", ("train", "--data", "gmm:dim=2,n=16", "--epochs", "1", "--out", "/proc/{n}"), ("'/proc/{n}'", "--out"), "/proc/{n}"),
+    case("oracle-out-refuses-files", ("oracle", "gaussian", "--out", "/proc/{n}"), ("'/proc'", "--out"), "/proc/{n}"),
     case("output-exists", M + ("{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
     case("output-is-directory", M + ("{w}/gmm2", "--out", "{w}/adir"), ("{w}/adir", "directory"), ()),
     case("plot-output-exists", M + ("{w}/gmm2", "--plot", "{w}/exists.png") + OUT, ("{w}/exists.png", "--overwrite"), R),

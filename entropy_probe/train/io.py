@@ -237,4 +237,4 @@ def create_output(out: Path, replace: bool) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}; choose a writable --out") from None
