@@ -1,0 +1,106 @@
+"""Weights are read from safetensors, or from a pickled state dict with torch.load(weights_only=True).
+
+A checkpoint directory may hold model.pt (or .pth, .ckpt, .bin) instead of model.safetensors. It
+must give the same numbers as the safetensors file, and a pickle that holds anything but tensors
+is refused before any of its code can run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from entropy_probe.checkpoint import read_pickled_state_dict, read_tensors
+from entropy_probe.errors import CheckpointError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    from entropy_probe.train import TrainSettings, train
+
+    root = tmp_path_factory.mktemp("safe")
+    settings = TrainSettings(
+        architecture="mlp", data="gmm:dim=2,n=32", epochs=1, batch_size=32,
+        network={"widths": [8, 8], "fourier_features": 4}, progress=False,
+    )
+    train(settings, root / "net")
+    return root / "net"
+
+
+def _as_pickled(network, target, name="model.pt", wrap=False):
+    """Copy the checkpoint with its weights saved by torch.save instead of safetensors."""
+    shutil.copytree(network, target, ignore=shutil.ignore_patterns("epoch-*", "train-state", "*.jsonl", "options.json"))
+    tensors = load_file(str(target / "model.safetensors"))
+    (target / "model.safetensors").unlink()
+    config = json.loads((target / "config.json").read_text())
+    config.pop("weights_sha256")
+    (target / "config.json").write_text(json.dumps(config))
+    torch.save({"state_dict": tensors} if wrap else tensors, target / name)
+    return tensors
+
+
+@pytest.mark.parametrize("name, wrap", [("model.pt", False), ("model.ckpt", True)])
+def test_pickled_state_dict_gives_the_same_numbers(network, tmp_path, name, wrap):
+    from click.testing import CliRunner
+
+    from entropy_probe.cli import cli, register_commands
+    from entropy_probe.results import read_dataset
+
+    register_commands()
+    tensors = _as_pickled(network, tmp_path / "pickled", name, wrap)
+    loaded, _ = read_tensors(tmp_path / "pickled")
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+    values = []
+    for source, out in ((network, tmp_path / "a.nc"), (tmp_path / "pickled", tmp_path / "b.nc")):
+        result = CliRunner().invoke(cli, ["measure", str(source), "--data", "gmm:dim=2", "--nodes", "5", "--samples", "16", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        values.append(float(read_dataset(out)["s_nn"]))
+    assert values[0] == values[1]
+
+
+class _Runs:
+    """Unpickling this calls `print`, the kind of call weights_only=True must refuse."""
+
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_pickle_with_objects_is_refused_without_running_them(tmp_path, capsys):
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(2), "extra": _Runs()}, path)
+    with pytest.raises(CheckpointError, match=r"refused to load .*weights_only=True.*safetensors"):
+        read_pickled_state_dict(path)
+    assert "unpickled code ran" not in capsys.readouterr().out
+
+
+def test_pickle_without_tensors_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weight": [1.0, 2.0]}, path)
+    with pytest.raises(CheckpointError, match=r"entry 'weight' is not a tensor"):
+        read_pickled_state_dict(path)
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match=r"holds a Tensor, not a state dict"):
+        read_pickled_state_dict(path)
+
+
+def test_truncated_pickle_is_reported(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(100)}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"corrupted or not written by torch.save"):
+        read_pickled_state_dict(path)
+
+
+def test_safetensors_wins_over_a_pickle(network, tmp_path):
+    target = tmp_path / "both"
+    shutil.copytree(network, target, ignore=shutil.ignore_patterns("epoch-*", "train-state", "*.jsonl", "options.json"))
+    torch.save({"state_layers.0.weight": torch.zeros(1)}, target / "model.pt")
+    loaded, _ = read_tensors(target)
+    assert loaded.keys() == load_file(str(target / "model.safetensors")).keys()
