@@ -270,3 +270,20 @@ def test_batch_size_does_not_change_s_nn_of_a_network(tmp_path):
         for name in ("s_nn", "cross_term", "denoising_loss"):
             np.testing.assert_allclose(values[batch_size][name], values[3][name], rtol=1e-6, atol=0, err_msg=name)
         np.testing.assert_allclose(values[batch_size]["s_nn_stderr"], values[3]["s_nn_stderr"], rtol=1e-4, atol=0)
+
+
+# --- options beside outputs ---------------------------------------------------------------------
+
+def test_options_are_saved_beside_outputs(tmp_path):
+    oracle = tmp_path / "g"
+    assert invoke("oracle", "gaussian", "--dim", "3", "--std", "2", "--out", str(oracle)).exit_code == 0
+    record = json.loads((oracle / "options.json").read_text())
+    assert record["command"] == "oracle gaussian"
+    assert record["options"]["dim"] == 3 and record["options"]["std"] == 2.0
+
+    result = tmp_path / "r.nc"
+    assert invoke("measure", str(oracle), "--nodes", "5", "--samples", "8", "--seed", "7", "--out", str(result)).exit_code == 0
+    record = json.loads((tmp_path / "r.options.json").read_text())
+    assert record["command"] == "measure"
+    assert record["options"]["seed"] == 7 and record["options"]["nodes"] == 5 and record["options"]["process"].startswith("vp")
+    assert "package_version" in record and record["argv"]

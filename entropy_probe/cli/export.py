@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import cli
+from .common import save_options
 
 
 @cli.command("export")
@@ -28,4 +29,5 @@ def export_command(checkpoint, format_name, out, overwrite):
     from ..export import export_checkpoint
 
     folder = export_checkpoint(checkpoint, out, format=format_name, overwrite=overwrite)
+    save_options(folder, "export", {"checkpoint": checkpoint, "format": format_name, "out": out, "overwrite": overwrite})
     click.echo(f"wrote {format_name} folder {folder}")

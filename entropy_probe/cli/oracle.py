@@ -6,6 +6,7 @@ import click
 import numpy as np
 
 from . import cli
+from .common import save_options
 
 
 @cli.group("oracle")
@@ -21,6 +22,8 @@ def _write(oracle, out, overwrite, extra=None):
     from ..checkpoint import save_oracle
 
     save_oracle(oracle, out, overwrite=overwrite, extra=extra)
+    context = click.get_current_context()
+    save_options(out, context.command_path.split(" ", 1)[1], context.params)
     click.echo(f"wrote {oracle.kind} oracle (d = {oracle.dim}) to {out}")
 
 
