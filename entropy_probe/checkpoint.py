@@ -215,13 +215,13 @@ def read_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            # torch warns about pickle protocols it was not written with; the error below says enough.
+            # torch warns about pickle protocols it was not written with; the error below names the problem.
             warnings.simplefilter("ignore")
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = _unpickling_detail(error)
         raise CheckpointError(
-            f"refused to load {str(path)!r}: it is a pickle that contains more than tensors ({detail}), "
+            f"rejected {str(path)!r}: it is a pickle that contains more than tensors ({detail}), "
             f"and entropy-probe unpickles only with torch.load(weights_only=True), because unpickling "
             f"other objects can run code; save the weights with safetensors (model.safetensors) instead"
         ) from None
@@ -232,7 +232,7 @@ def read_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not loaded:
         raise CheckpointError(
-            f"{str(path)!r} holds a {type(loaded).__name__}, not a state dict; save "
+            f"{str(path)!r} contains a {type(loaded).__name__}, not a state dict; save "
             f"model.state_dict() (parameter names to tensors) with torch.save or safetensors"
         )
     wrong = [str(name) for name, value in loaded.items() if not (isinstance(name, str) and torch.is_tensor(value))]

@@ -17,7 +17,7 @@ from .errors import UserError
 
 
 class Interrupted(UserError):
-    """A job stopped by Ctrl-C or SIGTERM; the message says what was saved and how to resume."""
+    """A job stopped by Ctrl-C or SIGTERM; the message states what was saved and how to resume."""
 
     exit_code = 130
 

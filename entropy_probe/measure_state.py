@@ -1,10 +1,10 @@
 """The resumable state of an interrupted measurement, saved beside its output.
 
-RESULT.nc.partial.npz holds the float64 sums of every cell after the last finished batch, the
+RESULT.nc.partial.npz contains the float64 sums of every cell after the last finished batch, the
 number of samples they include, and a fingerprint of the settings that decide the numbers.
 `measure --resume` reloads it and continues from the next sample with the same accumulators,
 so the result equals that of an uninterrupted run exactly. A state whose fingerprint differs
-from the current settings is refused: it would mix two different measurements.
+from the current settings is rejected, because it would mix two different measurements.
 """
 
 from __future__ import annotations
@@ -31,19 +31,19 @@ FREE_SETTINGS = ("batch_size", "device", "progress", "prefetch", "memory_budget_
 
 
 def state_path(out: str | Path) -> Path:
-    """Path of the state of the measurement whose result goes to `out`."""
+    """Return the path of the state of the measurement whose result goes to `out`."""
     out = Path(out)
     return out.with_name(out.name + SUFFIX)
 
 
 def deciding(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options that decide the numbers (all but FREE_SETTINGS), as plain JSON values."""
+    """Return the options that decide the numbers (all but FREE_SETTINGS) as plain JSON values."""
     kept = {name: value for name, value in options.items() if name not in FREE_SETTINGS}
     return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 
 def fingerprint(options: Mapping[str, Any]) -> str:
-    """SHA-256 of the options that decide the numbers."""
+    """Return the SHA-256 of the options that decide the numbers."""
     return hashlib.sha256(json.dumps(deciding(options), sort_keys=True).encode()).hexdigest()
 
 

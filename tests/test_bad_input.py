@@ -83,7 +83,7 @@ CASES = [
     case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
     case("oracle-config-wrong-type", M + ("{w}/oraclebad",) + OUT, ("{w}/oraclebad", "'data_shape' must be list", "'two'"), R),
     case("weights-do-not-fit", M + ("{w}/mismatch",) + OUT, ("{w}/mismatch", "do not fit", "(16, 8) in the network"), R),
-    case("malicious-pickle", M + ("{w}/evil",) + OUT, ("{w}/evil/model.pt", "refused", "io.open", "weights_only=True", "safetensors"), (R, "{w}/pwned")),
+    case("malicious-pickle", M + ("{w}/evil",) + OUT, ("{w}/evil/model.pt", "rejected", "io.open", "weights_only=True", "safetensors"), (R, "{w}/pwned")),
     case("pickle-without-config", M + ("{w}/lone.pt",) + OUT, ("{w}/lone.pt", "config.json", "directory"), R),
     # --- data that does not fit ----------------------------------------------------------------
     case("data-shape-mismatch", M + ("{w}/gmm2", "--data", "gmm:dim=5") + OUT, ("shape (5,)", "(2,)", "--data"), R),

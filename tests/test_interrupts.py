@@ -128,7 +128,8 @@ def test_interrupted_measure_resumes_to_identical_numbers(signum, mixture_dir, a
     assert stopped.returncode == 128 + signum, stopped.stderr
     assert "Traceback" not in stopped.stderr
     [line] = _error_lines(stopped.stderr)
-    assert "--resume" in line and str(state) in line
+    assert "--resume" in line
+    assert str(state) in line
     done = int(line.split("interrupted after ")[1].split(" of ")[0])
     assert 0 < done < 9 * 64, line
     assert not out.exists()
@@ -142,7 +143,8 @@ def test_interrupted_measure_resumes_to_identical_numbers(signum, mixture_dir, a
     for name in whole:
         np.testing.assert_array_equal(part[name], whole[name], err_msg=name)
     options = json.loads((tmp_path / "part.options.json").read_text())
-    assert options["command"] == "measure" and options["options"]["seed"] == 4
+    assert options["command"] == "measure"
+    assert options["options"]["seed"] == 4
 
 
 def _partial_state(mixture_dir: Path, tmp_path: Path, *extra: str) -> Path:
@@ -163,11 +165,12 @@ def _partial_state(mixture_dir: Path, tmp_path: Path, *extra: str) -> Path:
     return out
 
 
-def test_resume_with_other_settings_is_refused(mixture_dir, tmp_path):
+def test_resume_with_other_settings_is_rejected(mixture_dir, tmp_path):
     out = _partial_state(mixture_dir, tmp_path)
     result = invoke("measure", str(mixture_dir), *MEASURE, "--seed", "5", "--out", str(out), "--resume")
     assert result.exit_code == 2
-    assert "seed=5 (saved: 4)" in result.output and "without --resume" in result.output
+    assert "seed=5 (saved: 4)" in result.output
+    assert "without --resume" in result.output
     assert not out.exists()
 
 
@@ -175,14 +178,17 @@ def test_resume_may_change_the_batch_size(mixture_dir, tmp_path):
     out = _partial_state(mixture_dir, tmp_path)
     result = invoke("measure", str(mixture_dir), *MEASURE, "--batch-size", "7", "--out", str(out), "--resume")
     assert result.exit_code == 0, result.output
-    assert out.exists() and not (tmp_path / "r.nc.partial.npz").exists()
+    assert out.exists()
+    assert not (tmp_path / "r.nc.partial.npz").exists()
 
 
 def test_saved_state_needs_resume_or_overwrite(mixture_dir, tmp_path):
     out = _partial_state(mixture_dir, tmp_path)
     result = invoke("measure", str(mixture_dir), *MEASURE, "--out", str(out))
     assert result.exit_code == 2
-    assert "r.nc.partial.npz" in result.output and "--resume" in result.output and "--overwrite" in result.output
+    assert "r.nc.partial.npz" in result.output
+    assert "--resume" in result.output
+    assert "--overwrite" in result.output
     assert not out.exists()
 
 
@@ -190,19 +196,21 @@ def test_resume_without_state(mixture_dir, tmp_path):
     out = tmp_path / "r.nc"
     result = invoke("measure", str(mixture_dir), *MEASURE, "--out", str(out), "--resume")
     assert result.exit_code == 2
-    assert "no saved state" in result.output and "without --resume" in result.output
+    assert "no saved state" in result.output
+    assert "without --resume" in result.output
     assert not out.exists()
 
 
-def test_damaged_state_is_refused(mixture_dir, tmp_path):
+def test_damaged_state_is_rejected(mixture_dir, tmp_path):
     out = tmp_path / "r.nc"
     (tmp_path / "r.nc.partial.npz").write_bytes(b"PK\x03\x04 not really a zip file")
     result = invoke("measure", str(mixture_dir), *MEASURE, "--out", str(out), "--resume")
     assert result.exit_code == 2
-    assert "cannot read the saved state" in result.output and "delete it" in result.output
+    assert "cannot read the saved state" in result.output
+    assert "delete it" in result.output
 
 
-def test_resume_with_target_stderr_is_refused(mixture_dir, tmp_path):
+def test_resume_with_target_stderr_is_rejected(mixture_dir, tmp_path):
     result = invoke("measure", str(mixture_dir), "--target-stderr", "0.1", "--out", str(tmp_path / "r.nc"), "--resume")
     assert result.exit_code == 2
     assert "--target-stderr" in result.output
@@ -222,7 +230,8 @@ def test_interrupted_training_resumes_to_identical_weights(adapters, tmp_path):
     assert stopped.returncode == 130, stopped.stderr
     assert "Traceback" not in stopped.stderr
     [line] = _error_lines(stopped.stderr)
-    assert "--resume" in line and "train-state" in line
+    assert "--resume" in line
+    assert "train-state" in line
     epoch = json.loads((out / "train-state" / "config.json").read_text())["epoch"]
     assert 1 <= epoch < 300
 
@@ -238,7 +247,7 @@ def test_interrupted_training_resumes_to_identical_weights(adapters, tmp_path):
 
 # --- numerical guards ---------------------------------------------------------------------------
 
-def test_non_finite_output_is_reported_with_time_and_noise_level(mixture_dir, adapters, tmp_path):
+def test_non_finite_output_names_noise_level(mixture_dir, adapters, tmp_path):
     out = tmp_path / "nan.nc"
     done = subprocess.run(
         [str(SCRIPT), "measure", str(mixture_dir), "--adapter", "probe_test_adapters:nan_above_one", *MEASURE, "--out", str(out)],
@@ -247,13 +256,15 @@ def test_non_finite_output_is_reported_with_time_and_noise_level(mixture_dir, ad
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
     [line] = _error_lines(done.stderr)
-    assert "non-finite" in line and "--t-min/--t-max" in line
+    assert "non-finite" in line
+    assert "--t-min/--t-max" in line
     sigma = float(line.split("σ/α=")[1].split(")")[0])
     assert sigma > 1.0
-    assert not out.exists() and not (tmp_path / "nan.nc.partial.npz").exists()
+    assert not out.exists()
+    assert not (tmp_path / "nan.nc.partial.npz").exists()
 
 
-def test_batch_size_does_not_change_s_nn_of_a_network(tmp_path):
+def test_batch_size_keeps_network_s_nn(tmp_path):
     """A trained MLP measured with batch sizes 3, 64 and 576 on the CPU (same seed)."""
     run = tmp_path / "net"
     assert invoke("train", "--model", "mlp", "--data", "gmm:dim=2,n=32", "--widths", "8,8", "--fourier-features", "4", "--epochs", "1", "--no-progress", "--out", str(run)).exit_code == 0
@@ -279,11 +290,15 @@ def test_options_are_saved_beside_outputs(tmp_path):
     assert invoke("oracle", "gaussian", "--dim", "3", "--std", "2", "--out", str(oracle)).exit_code == 0
     record = json.loads((oracle / "options.json").read_text())
     assert record["command"] == "oracle gaussian"
-    assert record["options"]["dim"] == 3 and record["options"]["std"] == 2.0
+    assert record["options"]["dim"] == 3
+    assert record["options"]["std"] == 2.0
 
     result = tmp_path / "r.nc"
     assert invoke("measure", str(oracle), "--nodes", "5", "--samples", "8", "--seed", "7", "--out", str(result)).exit_code == 0
     record = json.loads((tmp_path / "r.options.json").read_text())
     assert record["command"] == "measure"
-    assert record["options"]["seed"] == 7 and record["options"]["nodes"] == 5 and record["options"]["process"].startswith("vp")
-    assert "package_version" in record and record["argv"]
+    assert record["options"]["seed"] == 7
+    assert record["options"]["nodes"] == 5
+    assert record["options"]["process"].startswith("vp")
+    assert "package_version" in record
+    assert record["argv"]

@@ -1,8 +1,8 @@
 """Weights are read from safetensors, or from a pickled state dict with torch.load(weights_only=True).
 
 A checkpoint directory may hold model.pt (or .pth, .ckpt, .bin) instead of model.safetensors. It
-must give the same numbers as the safetensors file, and a pickle that holds anything but tensors
-is refused before any of its code can run.
+must give the same numbers as the safetensors file, and a pickle that contains anything but tensors
+is rejected before any of its code can run.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def test_pickled_state_dict_gives_the_same_numbers(network, tmp_path, name, wrap
     register_commands()
     tensors = _as_pickled(network, tmp_path / "pickled", name, wrap)
     loaded, _ = read_tensors(tmp_path / "pickled")
-    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert loaded.keys() == tensors.keys()
+    for key in tensors:
+        assert torch.equal(loaded[key], tensors[key]), key
 
     values = []
     for source, out in ((network, tmp_path / "a.nc"), (tmp_path / "pickled", tmp_path / "b.nc")):
@@ -72,21 +74,21 @@ class _Runs:
         return (print, ("unpickled code ran",))
 
 
-def test_pickle_with_objects_is_refused_without_running_them(tmp_path, capsys):
+def test_pickle_with_objects_rejected_unrun(tmp_path, capsys):
     path = tmp_path / "model.pt"
     torch.save({"weight": torch.zeros(2), "extra": _Runs()}, path)
-    with pytest.raises(CheckpointError, match=r"refused to load .*weights_only=True.*safetensors"):
+    with pytest.raises(CheckpointError, match=r"rejected .*weights_only=True.*safetensors"):
         read_pickled_state_dict(path)
     assert "unpickled code ran" not in capsys.readouterr().out
 
 
-def test_pickle_without_tensors_is_refused(tmp_path):
+def test_pickle_without_tensors_is_rejected(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"weight": [1.0, 2.0]}, path)
     with pytest.raises(CheckpointError, match=r"entry 'weight' is not a tensor"):
         read_pickled_state_dict(path)
     torch.save(torch.zeros(3), path)
-    with pytest.raises(CheckpointError, match=r"holds a Tensor, not a state dict"):
+    with pytest.raises(CheckpointError, match=r"contains a Tensor, not a state dict"):
         read_pickled_state_dict(path)
 
 
