@@ -90,13 +90,20 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
         )
     with interrupts.catch_signals():
         try:
-            _measure(ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter, out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable)
+            _measure(
+                ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter,
+                out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable,
+            )
         except KeyboardInterrupt:
             again = "the same command with --resume" if resume else "it again"
             raise interrupts.interrupted(f"measure was interrupted before its first batch ended; no new state was saved; run {again}") from None
 
 
-def _measure(ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter, out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable):
+def _measure(
+    ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_config, revision, adapter,
+    out, plot_path, overwrite, resume, save_every, dry_run, settings, run, resumable,
+):
+    """Load the model, measure it (resuming or saving a state when `resumable`) and write the result."""
     from ..api import load_model, resolve_data, resolve_process, resolve_reference
     from ..probe import measure, resolve_time_range, summarize
     from ..results import write_dataset
@@ -128,7 +135,11 @@ def _measure(ctx, checkpoint, process_spec, data_spec, reference_dir, scheduler_
     saver = None
     resumed = {}
     if resumable and run.is_main:
-        deciding = {**options, "model_fingerprint": model.fingerprint, "reference_fingerprint": reference.fingerprint if reference is not None else None}
+        deciding = {
+            **options,
+            "model_fingerprint": model.fingerprint,
+            "reference_fingerprint": reference.fingerprint if reference is not None else None,
+        }
         cells = settings.nodes if settings.estimator == "grid" else settings.strata
         state = measure_state.state_path(out)
         if resume:

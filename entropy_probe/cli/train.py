@@ -163,7 +163,7 @@ def train_command(ctx, **options):
 
 
 def _interrupted(out: str) -> Exception:
-    """The error of an interrupted training run: what was saved and how to continue."""
+    """Build the error of an interrupted training run: what was saved and how to continue."""
     from pathlib import Path
 
     from ..train import io
