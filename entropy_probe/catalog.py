@@ -107,6 +107,8 @@ def load_catalog() -> dict[str, CatalogEntry]:
             try:
                 entry = read_entry(file)
             except CatalogError as error:
+                if "upgrade entropy-probe" in str(error):
+                    raise
                 fix = (
                     "reinstall entropy-probe"
                     if folder == builtin_directory()

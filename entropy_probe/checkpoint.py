@@ -133,13 +133,19 @@ def check_format(config: Mapping[str, Any], directory: str | Path) -> None:
 def require(config: Mapping[str, Any], key: str, kind: type | tuple[type, ...], directory: str | Path) -> Any:
     """Return config[key] after checking that it exists and has the expected type."""
     if key not in config:
-        raise CheckpointError(f"{str(directory)!r}: config.json lacks the key {key!r}")
+        raise CheckpointError(
+            f"{str(directory)!r}: config.json lacks the key {key!r}; restore the config.json written with "
+            f"the weights (see docs/checkpoints.md for its keys)"
+        )
     value = config[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is a subclass of int in Python, but `true` is never a valid count or size.
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds)
-        raise CheckpointError(f"{str(directory)!r}: config.json key {key!r} must be {names}, not {value!r}")
+        raise CheckpointError(
+            f"{str(directory)!r}: config.json key {key!r} must be {names}, not {value!r}; restore the "
+            f"config.json written with the weights (see docs/checkpoints.md for its keys)"
+        )
     return value
 
 
@@ -199,7 +205,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"cannot read {str(path)!r}: the file is corrupted or truncated ({error})") from None
+        raise CheckpointError(
+            f"cannot read {str(path)!r}: the file is corrupted or truncated ({error}); copy the weights again"
+        ) from None
 
 
 def read_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -169,7 +169,7 @@ class Process:
             )
         if t_min >= t_max:
             raise SpecError(
-                f"invalid time range: t_min={t_min!r} must be smaller than T={t_max!r}"
+                f"invalid time range: t_min={t_min!r} must be smaller than T={t_max!r}; lower --t-min or raise --t-max"
             )
 
     def __repr__(self) -> str:

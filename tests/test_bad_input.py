@@ -78,7 +78,7 @@ CASES = [
     case("truncated-weights", M + ("{w}/truncated",) + OUT, ("{w}/truncated/model.safetensors", "truncated"), R),
     case("swapped-weights", M + ("{w}/swapped",) + OUT, ("{w}/swapped/model.safetensors", "SHA-256", "restore"), R),
     case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON"), R),
-    case("config-missing-key", M + ("{w}/nokey",) + OUT, ("{w}/nokey", "lacks the key 'architecture'"), R),
+    case("config-missing-key", M + ("{w}/nokey",) + OUT, ("{w}/nokey", "lacks the key 'architecture'", "restore the config.json"), R),
     case("config-wrong-type", M + ("{w}/wrongtype",) + OUT, ("{w}/wrongtype", "'network' must be dict", "[8, 8]"), R),
     case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
     case("oracle-config-wrong-type", M + ("{w}/oraclebad",) + OUT, ("{w}/oraclebad", "'data_shape' must be list", "'two'"), R),
@@ -100,7 +100,7 @@ CASES = [
     case("process-inconsistent", M + ("{w}/gmm2", "--process", "vp:beta_min=1,beta_max=0.5") + OUT, ("beta_max=0.5",), R),
     case("t-min-zero", M + ("{w}/gmm2", "--t-min", "0") + OUT, ("t_min=0.0",), R),
     case("t-min-negative", M + ("{w}/gmm2", "--t-min", "-0.1") + OUT, ("t_min=-0.1",), R),
-    case("t-min-above-t-max", M + ("{w}/gmm2", "--t-min", "0.5", "--t-max", "0.2") + OUT, ("T=0.2",), R),
+    case("t-min-above-t-max", M + ("{w}/gmm2", "--t-min", "0.5", "--t-max", "0.2") + OUT, ("T=0.2", "--t-max"), R),
     case("t-max-beyond-sl", M + ("{w}/gmm2", "--process", "sl", "--t-max", "1") + OUT, ("T=1.0",), R),
     case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("σ/α", "valid only from", "--t-min"), R),
     # --- counts ----------------------------------------------------------------------------
