@@ -26,7 +26,7 @@ from .estimators import NodeSums
 
 SUFFIX = ".partial.npz"
 
-#: Settings that do not change the numbers, so a resumed run may change them.
+#: Settings that change the numbers at most by float rounding, so a resumed run may change them.
 FREE_SETTINGS = ("batch_size", "device", "progress", "prefetch", "memory_budget_gb", "out", "plot", "overwrite", "resume", "save_every")
 
 
