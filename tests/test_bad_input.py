@@ -27,8 +27,23 @@ import numpy as np
 import pytest
 import torch
 
-IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-ROOT_REASON = "running as root: file permissions do not block root, so chmod cannot make a path unreadable"
+def _permissions_enforced() -> bool:
+    """Return whether a file with mode 0 is unreadable here (not so for root with its usual capabilities)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("x")
+        os.chmod(probe, 0)
+        try:
+            probe.read_text()
+        except PermissionError:
+            return True
+        return False
+
+
+IS_ROOT = not _permissions_enforced()
+ROOT_REASON = "file permissions are not enforced for this user (root), so chmod cannot make a path unreadable"
 
 torch.set_num_threads(1)
 
