@@ -707,7 +707,14 @@ def _load_unet(unet_dir: Path) -> torch.nn.Module:
         network = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load the U-Net in {str(unet_dir)!r}: {first_line}") from None
+        fix = "restore the folder's files"
+        if not (unet_dir / "diffusion_pytorch_model.safetensors").is_file():
+            fix = (
+                "diffusion_pytorch_model.bin is read with torch.load(weights_only=True), which rejects "
+                "pickles that contain objects other than tensors; save the weights as "
+                "diffusion_pytorch_model.safetensors"
+            )
+        raise CheckpointError(f"cannot load the U-Net in {str(unet_dir)!r}: {first_line.rstrip('.')}; {fix}") from None
     return network.eval().requires_grad_(False)
 
 

@@ -106,3 +106,28 @@ def test_safetensors_wins_over_a_pickle(network, tmp_path):
     torch.save({"state_layers.0.weight": torch.zeros(1)}, target / "model.pt")
     loaded, _ = read_tensors(target)
     assert loaded.keys() == load_file(str(target / "model.safetensors")).keys()
+
+
+class _CreatesFile:
+    """Unpickling this opens (and so creates) the file at `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_diffusers_bin_with_objects_is_rejected(tmp_path):
+    from diffusers_fixtures import DDPM_SCHEDULER, save_pipeline, tiny_unet
+
+    from entropy_probe.adapters import load_denoiser
+
+    folder = save_pipeline(tiny_unet(), DDPM_SCHEDULER, tmp_path / "pipe")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    state = tiny_unet().state_dict()
+    state["extra"] = _CreatesFile(str(tmp_path / "created"))
+    torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*diffusion_pytorch_model.safetensors"):
+        load_denoiser(str(folder))
+    assert not (tmp_path / "created").exists()
