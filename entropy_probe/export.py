@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from . import __version__
 from .checkpoint import check_format, read_config, read_tensors, require, write_json_atomic
 from .errors import CheckpointError, OutputError, SpecError
+from .filemodes import publish_tree
 from .processes import Process, from_spec
 
 FORMATS = ("diffusers",)
@@ -150,6 +151,7 @@ def _write_folder(out: Path, overwrite: bool, unet, index: Mapping[str, Any], me
         unet.save_pretrained(str(staging / "unet"), safe_serialization=True)
         write_json_atomic(staging / "model_index.json", dict(index))
         write_json_atomic(staging / "entropy_probe.json", json.loads(json.dumps(dict(metadata))))
+        publish_tree(staging)
         if out.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             backup.rmdir()

@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import OutputError
+from .filemodes import publish_file
 
 NATS = "nats"
 RATE = "nats per unit time"
@@ -82,6 +83,7 @@ def write_dataset(dataset: xr.Dataset, path: str | Path, overwrite: bool = False
     os.close(fd)
     try:
         clean.to_netcdf(tmp, engine="h5netcdf")
+        publish_file(tmp)
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)

@@ -339,6 +339,7 @@ def save_samples(result: SampleResult, path, overwrite: bool = False, extra: Opt
     import tempfile
     from pathlib import Path
 
+    from .filemodes import publish_file
     from .results import check_output_path
 
     path = check_output_path(path, overwrite)
@@ -354,6 +355,7 @@ def save_samples(result: SampleResult, path, overwrite: bool = False, extra: Opt
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
