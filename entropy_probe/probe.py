@@ -41,6 +41,10 @@ ESTIMATORS = ("grid", "importance")
 
 #: Smallest batch of the reference-density draws at t_min and T.
 REFERENCE_BATCH = 4096
+#: Maximum quadrature nodes or strata. Memory and the size of the result grow linearly with
+#: them, and every node or stratum needs two samples for its variance, so 2^20 of them already
+#: cost two million network evaluations.
+MAX_CELLS = 1 << 20
 
 
 @dataclass
@@ -97,6 +101,8 @@ class MeasureSettings:
             raise SpecError(f"invalid number of samples {self.samples}; it must be >= 2 (for example --samples 256)")
         if self.nodes < 2:
             raise SpecError(f"invalid number of nodes {self.nodes}; it must be >= 2 (for example --nodes 65)")
+        if self.nodes > MAX_CELLS:
+            raise SpecError(f"invalid number of nodes {self.nodes}; it must be <= {MAX_CELLS} (--nodes 65 is usually enough)")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
             raise SpecError(f"invalid batch size {self.batch_size!r}; it must be an integer >= 1 or 'auto'")
         if self.antithetic and self.batch_size != "auto" and self.batch_size < 2:
@@ -107,6 +113,8 @@ class MeasureSettings:
             raise SpecError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if self.strata < 1:
             raise SpecError(f"invalid number of strata {self.strata}; it must be >= 1 (for example --strata 64)")
+        if self.strata > MAX_CELLS:
+            raise SpecError(f"invalid number of strata {self.strata}; it must be <= {MAX_CELLS} (--strata 64 is usually enough)")
         check_proposal(self.proposal, self.defensive)
         if self.pilot_samples < 2:
             raise SpecError(f"invalid number of pilot samples {self.pilot_samples}; it must be >= 2")
@@ -269,7 +277,7 @@ def build_dataset(
         variables[f"{prefix}_rate"] = node_var(mean, RATE, long_name)
         variables[f"{prefix}_rate_stderr"] = node_var(np.sqrt(var), RATE, f"standard error of {prefix}_rate")
         variables[f"{prefix}_cumulative"] = node_var(
-            grid.cumulative @ mean, NATS, f"integral of {prefix}_rate from t_min to t"
+            grid.cumulative_integral(mean), NATS, f"integral of {prefix}_rate from t_min to t"
         )
         return float(grid.integrate(mean)), float(math.sqrt(grid.integrate_variance(var)))
 

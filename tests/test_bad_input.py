@@ -123,6 +123,8 @@ CASES = [
     case("samples-negative", M + ("{w}/gmm2", "--samples", "-4") + OUT, ("samples -4",), R),
     case("nodes-zero", M + ("{w}/gmm2", "--nodes", "0") + OUT, ("nodes 0", "--nodes"), R),
     case("strata-zero", M + ("{w}/gmm2", "--strata", "0") + OUT, ("strata 0", "--strata"), R),
+    case("strata-too-many", M + ("{w}/gmm2", "--strata", "100000000") + OUT, ("strata 100000000", "<= 1048576", "--strata 64"), R),
+    case("nodes-too-many", M + ("{w}/gmm2", "--nodes", "100000001") + OUT, ("nodes 100000001", "<= 1048576", "--nodes 65"), R),
     case("batch-size-zero", M + ("{w}/gmm2", "--batch-size", "0") + OUT, ("0", "batch size"), R),
     case("target-stderr-above-one", M + ("{w}/gmm2", "--target-stderr", "2") + OUT, ("2.0", "--target-stderr"), R),
     case("sample-count-zero", ("sample", "{w}/gmm2", "-n", "0", "--out", "{w}/s.npz"), ("-n", "0"), "{w}/s.npz"),
