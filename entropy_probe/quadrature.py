@@ -25,10 +25,10 @@ from .processes import Process
 RULES = ("simpson", "trapezoid", "gauss", "trapezoid-t")
 
 
-#: How `Grid.cumulative_integral` forms partial integrals: the partial sums of the rule itself
-#: ("simpson", "trapezoid"), the trapezoid rule through the nodes from the left end with the
-#: first value held constant ("interpolated", for gauss), or the cells before a node plus half
-#: of its own ("midpoint", for strata).
+#: How `Grid.cumulative_integral` forms partial integrals. "simpson" and "trapezoid" are the
+#: partial sums of the rule itself. "interpolated" (for gauss) is the trapezoid rule through the
+#: nodes, with the first value held constant down to the left end. "midpoint" (for strata) sums
+#: the cells before a node and half of its own.
 PARTIAL_RULES = ("simpson", "trapezoid", "interpolated", "midpoint")
 
 

@@ -41,7 +41,7 @@ def test_partial_integral_keeps_trailing_axes():
     np.testing.assert_allclose(partial[:, 1], 3.0 * partial[:, 0], rtol=1e-14)
 
 
-def test_strata_partial_integral_sums_cells_before_and_half_own():
+def test_strata_partial_integral_midpoint():
     grid = log_snr_proposal(from_spec("vp"), T_MIN, T_MAX).strata_grid(7)
     widths = grid.weights
     expected = np.concatenate([[0.0], np.cumsum(widths)[:-1]]) + 0.5 * widths
