@@ -173,6 +173,9 @@ CASES = [
     case("compare-bad-process", ("compare", "{w}/gmm2", "--process", "vp", "--process", "nope", "--out", "{w}/c.nc"), ("'nope'",), "{w}/c.nc"),
     case("audit-infinite-train-set", ("audit", "{w}/gmm2", "--train", "gmm:dim=2", "--heldout", "gmm:dim=2", "--out", "{w}/a.nc"), ("gmm:dim=2", "n="), "{w}/a.nc"),
     case("export-non-unet", ("export", "{w}/net", "--out", "{w}/exported"), ("{w}/net", "U-Net"), "{w}/exported"),
+    case("export-out-unwritable", ("export", "{w}/unet", "--out", "{w}/ro/exported"), ("{w}/ro", "not writable", "--out"), "{w}/ro/exported", needs_permissions=True),
+    case("export-out-refuses-files", ("export", "{w}/unet", "--out", "/proc/{n}"), ("cannot write '/proc/{n}'", "--out"), "/proc/{n}"),
+    case("export-hub-id", ("export", "google/ddpm-cifar10-32", "--out", "{w}/{n}"), ("'google/ddpm-cifar10-32'", "needs no export", "entropy-probe train"), "{w}/{n}"),
     case("train-resume-other-settings", ("train", "--resume", "--lr", "0.5", "--out", "{w}/net"), ("lr=0.5", "--resume"), ()),
     case("train-missing-data", ("train", "--out", "{w}/run0"), ("--data",), "{w}/run0"),
 ]
