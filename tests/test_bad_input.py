@@ -92,7 +92,11 @@ CASES = [
     case("corrupted-weights", M + ("{w}/corrupt",) + OUT, ("{w}/corrupt/model.safetensors", "corrupted"), R),
     case("truncated-weights", M + ("{w}/truncated",) + OUT, ("{w}/truncated/model.safetensors", "truncated"), R),
     case("swapped-weights", M + ("{w}/swapped",) + OUT, ("{w}/swapped/model.safetensors", "SHA-256", "restore"), R),
-    case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON"), R),
+    case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON", "line 1, column 28", "fix its syntax"), R),
+    case("config-missing-kind", M + ("{w}/nokind",) + OUT, ("{w}/nokind/config.json", "lacks the key 'kind'", "'oracle' or 'network'"), R),
+    case("config-unknown-kind", M + ("{w}/otherkind",) + OUT, ("{w}/otherkind/config.json", "kind 'vae'", "upgrade entropy-probe"), R),
+    case("config-without-format", M + ("{w}/noformat",) + OUT, ("{w}/noformat/config.json", "'format'", "'_class_name'", "--adapter"), R),
+    case("training-state-as-model", M + ("{w}/net/train-state",) + OUT, ("{w}/net/train-state", "training state", "epoch-NNNN"), R),
     case("config-missing-key", M + ("{w}/nokey",) + OUT, ("{w}/nokey", "lacks the key 'architecture'", "restore the config.json"), R),
     case("config-wrong-type", M + ("{w}/wrongtype",) + OUT, ("{w}/wrongtype", "'network' must be dict", "[8, 8]"), R),
     case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
@@ -254,6 +258,11 @@ def build_workspace(root: Path) -> None:
     shutil.copyfile(root / "gauss3" / "model.safetensors", root / "swapped" / "model.safetensors")
     shutil.copytree(root / "gmm2", root / "badjson")
     (root / "badjson" / "config.json").write_text('{"format": "entropy-probe",')
+    for name in ("nokind", "otherkind", "noformat"):
+        shutil.copytree(root / "gmm2", root / name)
+    _edit_config(root / "nokind", lambda c: c.pop("kind"))
+    _edit_config(root / "otherkind", lambda c: c.update(kind="vae"))
+    _edit_config(root / "noformat", lambda c: c.pop("format"))
     shutil.copytree(root / "gmm2", root / "oraclebad")
     _edit_config(root / "oraclebad", lambda c: c.update(data_shape="two"))
 
