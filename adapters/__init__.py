@@ -119,10 +119,9 @@ MODEL_KINDS = ("oracle", "network")
 
 
 def explain_config(path: Path) -> None:
-    """Raise CheckpointError that says why no adapter reads the folder `path` with its config.json.
+    """Raise CheckpointError naming what keeps every adapter from reading the config.json of `path`.
 
-    Returns without raising when the folder has no config.json, or when nothing more specific
-    than "no adapter reads it" can be said.
+    Call it after no adapter detected the folder. Returns only when the folder has no config.json.
     """
     import json
 
