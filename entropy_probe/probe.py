@@ -93,6 +93,26 @@ class MeasureSettings:
     #: Prepare the draws of the next batch in a background thread.
     prefetch: bool = True
 
+    def record(self) -> dict[str, Any]:
+        """Return the settings as a dict without those of the estimator that did not run.
+
+        A grid run drops the importance-sampling fields, and an importance run drops `nodes` and
+        `rule`, the pilot samples unless the proposal is "pilot", and the defensive weight
+        unless the proposal is rate-shaped ("gaussian" or "pilot").
+        """
+        record = asdict(self)
+        if self.estimator == "grid":
+            unused = ["strata", "proposal", "defensive", "pilot_samples"]
+        else:
+            unused = ["nodes", "rule"]
+            if self.proposal != "pilot":
+                unused.append("pilot_samples")
+            if self.proposal not in ("gaussian", "pilot"):
+                unused.append("defensive")
+        for name in unused:
+            record.pop(name)
+        return record
+
     def validate(self) -> None:
         from .evaluation import PRECISIONS
         from .proposals import check_proposal
@@ -455,9 +475,8 @@ def _provenance(process, data, settings, design, model, reference, extra, elapse
         "t_min": grid.t_min,
         "t_max": grid.t_max,
         "time_convention": "t = 0 is data, t = T is noise; entropies in nats",
-        "quadrature_rule": grid.rule,
+        **_grid_attrs(design),
         "quadrature_variable": _quadrature_variable(design),
-        "nodes": grid.size,
         "samples_per_node": settings.samples,
         "samples_total": int(sums.count.sum()),
         **describe_design(design, settings),
@@ -486,11 +505,18 @@ def _provenance(process, data, settings, design, model, reference, extra, elapse
         "model_provenance": model.provenance,
         "reference": reference.provenance if reference is not None else None,
         "reference_fingerprint": reference.fingerprint if reference is not None else None,
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "stderr_method": _stderr_method(design, settings),
     }
     attrs.update(extra)
     return attrs
+
+
+def _grid_attrs(design) -> dict[str, Any]:
+    """Return the rule and node count of a grid run; an importance run records its strata instead."""
+    if design.kind == "importance":
+        return {}
+    return {"quadrature_rule": design.grid.rule, "nodes": design.grid.size}
 
 
 def _quadrature_variable(design) -> str:
@@ -518,7 +544,7 @@ def _stderr_method(design, settings) -> str:
 
 def _design_line(attrs) -> str:
     if attrs.get("estimator") == "importance":
-        text = f"{attrs['nodes']} strata of the {attrs['proposal']} proposal (importance sampling)"
+        text = f"{attrs['strata']} strata of the {attrs['proposal']} proposal (importance sampling)"
     else:
         text = f"{attrs['nodes']} nodes ({attrs['quadrature_rule']})"
     text += f" × {attrs['samples_per_node']} samples"

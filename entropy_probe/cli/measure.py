@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 
 import click
 
@@ -121,7 +120,7 @@ def _measure(
         "process": process.spec,
         "data": data.spec,
         "reference": reference_dir or ("data law" if reference is not None else None),
-        **asdict(settings),
+        **settings.record(),
         "t_min": resolved_t_min,
         "t_max": resolved_t_max,
         "out": out,
