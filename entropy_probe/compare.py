@@ -133,8 +133,8 @@ _COLUMNS = (
     ("S_NN [nats]", "s_nn", True),
     ("cross term [nats]", "cross_term", True),
     ("CE bound [bits/dim]", "ce_bound_bpd", True),
-    ("thermo length", "thermo_length", True),
-    ("speed-limit bound [nats]", "speed_limit_bound", False),
+    ("thermo length [data units]", "thermo_length", True),
+    ("S_tot lower bound [nats]", "speed_limit_bound", False),
     ("S_tot [nats]", "s_tot", True),
 )
 
@@ -142,11 +142,13 @@ _COLUMNS = (
 def _cell(dataset: xr.Dataset, name: str, with_error: bool, index: int) -> str:
     if name not in dataset:
         return ""
+    from .formatting import format_estimate
+
     value = float(dataset[name].values[index])
     error_name = name + "_stderr"
     if with_error and error_name in dataset:
-        return f"{value:.5g} ± {float(dataset[error_name].values[index]):.2g}"
-    return f"{value:.5g}"
+        return format_estimate(value, float(dataset[error_name].values[index]))
+    return format_estimate(value)
 
 
 def format_comparison(dataset: xr.Dataset) -> str:

@@ -557,30 +557,41 @@ def _design_line(attrs) -> str:
 
 
 def summarize(dataset: xr.Dataset) -> str:
-    """Format a one-screen text summary of a measurement."""
+    """Format a one-screen text summary of a measurement: a header, then aligned estimate rows."""
+    from .formatting import format_estimate, format_rows, format_step
 
-    def value(name: str, fmt: str = ".4g") -> str:
-        v = float(dataset[name])
-        se = dataset.get(name + "_stderr")
-        return f"{v:{fmt}} ± {float(se):.2g}" if se is not None else f"{v:{fmt}}"
+    def value(name: str) -> str:
+        stderr = dataset.get(name + "_stderr")
+        return format_estimate(float(dataset[name]), None if stderr is None else float(stderr))
 
     attrs = dataset.attrs
-    lines = [
+    header = [
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
         f"process   {attrs['process']}   t in [{attrs['t_min']:g}, {attrs['t_max']:g}]",
         f"data      {attrs['data']}   (d = {attrs['data_dim']})",
         f"estimate  {_design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
         f"evaluations, {attrs['wall_time_seconds']:.1f} s",
         "",
-        f"S_NN               {value('s_nn')} nats  =  {float(dataset['s_nn_bits']):.4g} bits",
-        f"cross term C       {value('cross_term')} nats",
-        f"cross-entropy bound {value('ce_bound')} nats  =  {value('ce_bound_bpd', '.4f')} bits/dim",
-        f"thermodynamic length {value('thermo_length')}   speed-limit bound on S_tot {float(dataset['speed_limit_bound']):.4g} nats",
+    ]
+    step = float(dataset["ce_bound_bpd"].attrs.get("quantization_step", 0.0) or 0.0)
+    if step:
+        offset = float(dataset["ce_bound_bpd"].attrs.get("quantization_offset_bits", 0.0))
+        bpd_unit = f"bits/dim of the quantised data (bin width Δ = {format_step(step)} adds −log2 Δ = {offset:.4g})"
+    else:
+        bpd_unit = "bits/dim (continuous data)"
+    s_nn_bits = format_estimate(float(dataset["s_nn_bits"]), float(dataset["s_nn_stderr"]) / LN2)
+    rows = [
+        ["S_NN", value("s_nn"), f"nats  ({s_nn_bits} bits)"],
+        ["cross term C", value("cross_term"), "nats"],
+        ["cross-entropy bound", value("ce_bound_bpd"), bpd_unit],
+        ["  as a density", value("ce_bound"), "nats under the continuous density (can be negative)"],
+        ["thermodynamic length", value("thermo_length"), "data units (∫ sqrt((g²/2) Ṡ_NN) dt, at least W2)"],
+        ["S_tot lower bound", format_estimate(float(dataset["speed_limit_bound"])), "nats (speed limit W2² / ∫ (g²/2) dt)"],
     ]
     if "s_tot" in dataset:
-        lines += [
-            f"S_tot (exact law)  {value('s_tot')} nats",
-            f"score error        {value('score_error')} nats",
-            f"KL bound           {value('kl_bound')} nats",
+        rows += [
+            ["S_tot (exact law)", value("s_tot"), "nats"],
+            ["score error", value("score_error"), "nats"],
+            ["KL bound", value("kl_bound"), "nats"],
         ]
-    return "\n".join(lines)
+    return "\n".join(header + format_rows(rows))
