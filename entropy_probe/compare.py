@@ -49,11 +49,7 @@ def check_ranges(model: Denoiser, processes: Sequence[Process], settings: Measur
     """Validate every process's time range and the model's noise range before any evaluation."""
     for process in processes:
         t_min, t_max = resolve_time_range(process, settings)
-        model.check_sigma_range(
-            float(process.sigma_tilde(t_min)),
-            float(process.sigma_tilde(t_max)),
-            purpose=f"process {process.spec!r} on [{t_min:g}, {t_max:g}]",
-        )
+        model.check_time_range(process, t_min, t_max, purpose=f"the time range of process {process.spec!r}")
 
 
 def compare_processes(

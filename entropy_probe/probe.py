@@ -208,9 +208,7 @@ def measure(
     check_compatible(model, data, reference)
     if settings.estimator == "grid":
         make_grid(process, t_min, t_max, settings.nodes, settings.rule)  # validates nodes and rule early
-    sigma_low = float(process.sigma_tilde(t_min))
-    sigma_high = float(process.sigma_tilde(t_max))
-    model.check_sigma_range(sigma_low, sigma_high)
+    model.check_time_range(process, t_min, t_max)
 
     started = time.perf_counter()
     draws = Draws(data, settings.seed)

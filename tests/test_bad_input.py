@@ -121,7 +121,7 @@ CASES = [
     case("t-min-negative", M + ("{w}/gmm2", "--t-min", "-0.1") + OUT, ("t_min=-0.1",), R),
     case("t-min-above-t-max", M + ("{w}/gmm2", "--t-min", "0.5", "--t-max", "0.2") + OUT, ("T=0.2", "--t-max"), R),
     case("t-max-beyond-sl", M + ("{w}/gmm2", "--process", "sl", "--t-max", "1") + OUT, ("T=1.0",), R),
-    case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("σ/α", "valid only from", "--t-min"), R),
+    case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("t from 1e-09 to", "valid only for t from", "(σ/α from", "or larger"), R),
     # --- counts ----------------------------------------------------------------------------
     case("samples-zero", M + ("{w}/gmm2", "--samples", "0") + OUT, ("samples 0", "--samples"), R),
     case("samples-negative", M + ("{w}/gmm2", "--samples", "-4") + OUT, ("samples -4",), R),
@@ -148,6 +148,8 @@ CASES = [
     case("oracle-out-refuses-files", ("oracle", "gaussian", "--out", "/proc/{n}"), ("'/proc'", "--out"), "/proc/{n}"),
     case("output-exists", M + ("{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
     case("output-is-directory", M + ("{w}/gmm2", "--out", "{w}/adir"), ("{w}/adir", "directory"), ()),
+    case("output-not-netcdf", M + ("{w}/gmm2", "--out", "{w}/{n}.txt"), ("{w}/{n}.txt", "does not end in .nc", "'{w}/{n}.nc'"), ("{w}/{n}.txt", R)),
+    case("compare-output-not-netcdf", ("compare", "{w}/gmm2", "--process", "vp", "--out", "{w}/{n}.txt"), ("{w}/{n}.txt", ".nc"), "{w}/{n}.txt"),
     case("plot-output-exists", M + ("{w}/gmm2", "--plot", "{w}/exists.png") + OUT, ("{w}/exists.png", "--overwrite"), R),
     case("train-out-is-file", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/afile"), ("{w}/afile", "is a file"), ()),
     case("train-out-unwritable", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/ro/run"), ("{w}/ro", "run"), "{w}/ro/run", needs_permissions=True),

@@ -58,7 +58,7 @@ def compare_command(ctx, checkpoint, process_specs, t_min, t_max, data_spec, sam
         batch_size=batch_size, device=check_device(device), progress=progress_enabled(ctx, progress),
     )
     settings.validate()
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, suffix=".nc")
     if plot_path:
         check_output_path(plot_path, overwrite)
 

@@ -75,7 +75,7 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
         device=run.device, progress=progress_enabled(ctx, progress), **settings_fields(samples, estimation, ctx),
     )
     settings.validate()
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, suffix=".nc")
     if plot_path:
         check_output_path(plot_path, overwrite)
     state = measure_state.state_path(out)
