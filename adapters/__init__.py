@@ -175,6 +175,18 @@ def reject_options(adapter: str, path: Path, options: dict[str, Any]) -> None:
         raise SpecError(f"{flags} does not apply to {str(path)!r}, a checkpoint of the {adapter} adapter; leave it out")
 
 
+def _check_catalog_revision(name: str, revision: str | None) -> None:
+    """Raise SpecError for --revision with a catalog entry other than a hub model, which has one version only."""
+    from ..catalog import load_catalog
+
+    kind = load_catalog()[name].kind
+    if revision and kind != "hub":
+        raise SpecError(
+            f"--revision {revision} applies only to hub models, but catalog entry {name!r} is a {kind} entry "
+            f"with a single version; leave --revision out"
+        )
+
+
 def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu", **options: Any) -> Denoiser:
     """Load `source` (a path, a catalog name or a cached hub id) as a Denoiser on `device`."""
     if adapter:
@@ -189,6 +201,7 @@ def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu
 
         resolved = resolve_catalog_name(source, revision=options.get("revision"))
         if resolved is not None:
+            _check_catalog_revision(source, options.get("revision"))
             # The revision chose the cached snapshot; the folder itself takes no revision.
             rest = {name: value for name, value in options.items() if name != "revision"}
             return load_denoiser(str(resolved), device=device, **rest)

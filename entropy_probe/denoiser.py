@@ -25,6 +25,8 @@ class Denoiser:
     #: Valid noise levels σ̃ (inclusive); oracles accept (0, ∞).
     sigma_min: float = 0.0
     sigma_max: float = math.inf
+    #: Where the noise range comes from (such as a scheduler's timesteps), added to range errors.
+    noise_range_note: str = ""
     #: Shape of one data item, e.g. (1, 28, 28) or (d,).
     data_shape: tuple[int, ...] = ()
     #: Range of the data values, e.g. (0.0, 1.0) for images; None for unbounded data.
@@ -137,9 +139,10 @@ class Denoiser:
             if math.isfinite(t_low) and math.isfinite(t_high)
             else f"part of the times of {process.spec}"
         )
+        note = self.noise_range_note
         raise SigmaRangeError(
             f"{purpose} is t from {t_min:.4g} to {t_max:.4g} (σ/α from {low:.4g} to {high:.4g}), but the model is "
-            f"valid only for {covered} (σ/α from {self.sigma_min:.4g} to {self.sigma_max:.4g}); use "
+            f"valid only for {covered} (σ/α from {self.sigma_min:.4g} to {self.sigma_max:.4g}{', ' + note if note else ''}); use "
             f"{' and '.join(fixes)}, or a process whose range the model covers"
         )
 

@@ -88,6 +88,9 @@ CASES = [
     case("data-folder-is-file", M + ("{w}/gmm2", "--data", "mnist-idx:dir={w}/afile") + OUT, ("{w}/afile", "is a file", "directory"), R),
     case("missing-data-file", M + ("{w}/gmm2", "--data", "npz:path={w}/missing.npz") + OUT, ("{w}/missing.npz", "not found"), R),
     case("scheduler-config-for-oracle", M + ("{w}/gmm2", "--scheduler-config", "{w}/missing.json") + OUT, ("--scheduler-config", "{w}/gmm2", "leave it out"), R),
+    case("scheduler-config-for-network", M + ("{w}/net", "--scheduler-config", "{w}/missing.json") + OUT, ("--scheduler-config", "{w}/net", "leave it out"), R),
+    case("revision-for-shipped-model", M + ("mnist-unet-vp", "--revision", "abc") + OUT, ("--revision abc", "'mnist-unet-vp'", "leave --revision out"), R),
+    case("revision-for-local-folder", M + ("{w}/diffusers", "--revision", "abc") + OUT, ("--revision abc", "{w}/diffusers", "local folder", "leave --revision out"), R),
     # --- checkpoint contents ------------------------------------------------------------------
     case("corrupted-weights", M + ("{w}/corrupt",) + OUT, ("{w}/corrupt/model.safetensors", "corrupted"), R),
     case("truncated-weights", M + ("{w}/truncated",) + OUT, ("{w}/truncated/model.safetensors", "truncated"), R),
@@ -110,6 +113,10 @@ CASES = [
     case("empty-dataset", M + ("{w}/gmm2", "--data", "npz:path={w}/empty.npz") + OUT, ("{w}/empty.npz", "empty", "at least one item"), R),
     case("non-finite-data", M + ("{w}/gmm2", "--data", "npz:path={w}/nan.npz") + OUT, ("{w}/nan.npz", "non-finite", "item 1"), R),
     case("n_c-above-class-size", ("train", "--data", "digits:n_c=1000", "--out", "{w}/run-nc"), ("n_c=1000",), "{w}/run-nc"),
+    case("n_c-zero", ("train", "--data", "digits:n_c=0", "--out", "{w}/{n}"), ("n_c=0", ">= 1", "leave n_c out"), "{w}/{n}"),
+    case("n_c-negative", ("train", "--data", "digits:n_c=-2", "--out", "{w}/{n}"), ("n_c=-2", ">= 1"), "{w}/{n}"),
+    case("gmm-n-negative", M + ("{w}/gmm2", "--data", "gmm:dim=2,n=-5") + OUT, ("n=-5", ">= 1", "leave n out"), R),
+    case("gmm-n-zero", ("train", "--data", "gmm:dim=2,n=0", "--out", "{w}/{n}"), ("n=0", ">= 1"), "{w}/{n}"),
     case("unknown-data-source", M + ("{w}/gmm2", "--data", "imagenet") + OUT, ("'imagenet'",), R),
     case("reference-of-other-shape", M + ("{w}/gmm2", "--reference", "{w}/gauss3") + OUT, ("(3,)", "(2,)"), R),
     # --- process and time range ----------------------------------------------------------------
@@ -290,6 +297,9 @@ def build_workspace(root: Path) -> None:
     np.savez(root / "objects.npz", weights=np.array([{"a": 1}], dtype=object), means=np.zeros((1, 2)), stds=np.ones((1, 2)))
 
     shutil.copytree(_shipped("mnist-unet-vp"), root / "unet")
+    from entropy_probe.export import export_checkpoint
+
+    export_checkpoint(root / "unet", root / "diffusers")
 
     recipe = {
         "schema_version": 1, "name": "my-recipe", "kind": "recipe", "title": "A recipe",
