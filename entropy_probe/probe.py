@@ -540,7 +540,8 @@ def _stderr_method(design, settings) -> str:
     return text
 
 
-def _design_line(attrs) -> str:
+def design_line(attrs) -> str:
+    """Describe the estimator, its cells and samples in one line of text."""
     if attrs.get("estimator") == "importance":
         text = f"{attrs['strata']} strata of the {attrs['proposal']} proposal (importance sampling)"
     else:
@@ -548,7 +549,11 @@ def _design_line(attrs) -> str:
     text += f" × {attrs['samples_per_node']} samples"
     if attrs.get("antithetic") in (True, "true"):
         text += " (antithetic pairs)"
-    rounds = int(attrs.get("rounds", 1))
+    try:
+        rounds = int(attrs.get("rounds", 1))
+    except (TypeError, ValueError):
+        # A comparison whose processes took different numbers of rounds stores them by process.
+        return text + f", rounds per process {attrs['rounds']}"
     if rounds > 1:
         text += f", then {rounds - 1} more round{'s' if rounds > 2 else ''} to {attrs['samples_total']} samples"
     return text
@@ -567,7 +572,7 @@ def summarize(dataset: xr.Dataset) -> str:
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
         f"process   {attrs['process']}   t in [{attrs['t_min']:g}, {attrs['t_max']:g}]",
         f"data      {attrs['data']}   (d = {attrs['data_dim']})",
-        f"estimate  {_design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
+        f"estimate  {design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
         f"evaluations, {attrs['wall_time_seconds']:.1f} s",
         "",
     ]
