@@ -5,7 +5,7 @@ checkpoint can be measured under vp, sl, vpx, ... Each process is measured with
 `probe.measure` and the same settings. The draws are addressed by (seed, node, sample), so
 node k of every process uses the same (x_0, ε) pairs, only at a different time t_k. Under
 importance sampling the node is a stratum, and the uniform number that picks the time inside
-it is shared too; the proposal that turns it into a time is each process's own.
+it is shared too. Each process turns that number into a time with its own proposal.
 
 The result is one Dataset with a `process` dimension (the canonical process specs) and a `node`
 dimension: the node times differ per process, so `t(process, node)` is a variable. Scalars such
