@@ -114,21 +114,57 @@ def explain_file(path: Path, source: str) -> None:
     )
 
 
-def check_config_json(path: Path) -> None:
-    """Raise CheckpointError when `path`/config.json exists but cannot be read as a JSON object."""
+#: Kinds of entropy-probe checkpoints that load as a model.
+MODEL_KINDS = ("oracle", "network")
+
+
+def explain_config(path: Path) -> None:
+    """Raise CheckpointError naming what keeps every adapter from reading the config.json of `path`.
+
+    Call it after no adapter detected the folder. Returns only when the folder has no config.json.
+    """
     import json
 
-    from ..checkpoint import CONFIG_NAME
+    from ..checkpoint import CONFIG_NAME, FORMAT
 
-    config = path / CONFIG_NAME
-    if not config.exists():
+    config_path = path / CONFIG_NAME
+    if not config_path.exists():
         return
     try:
-        json.loads(config.read_text())
+        text = config_path.read_text()
     except OSError as error:
-        raise CheckpointError(f"cannot read {str(config)!r}: {error.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{str(config)!r} is not valid JSON ({error}); restore the file or fix its syntax") from None
+        raise CheckpointError(f"cannot read {str(config_path)!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{str(config_path)!r} is not UTF-8 text ({error.reason} at byte {error.start}); restore the file") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CheckpointError(
+            f"{str(config_path)!r} is not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}; "
+            f"restore the file or fix its syntax"
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{str(config_path)!r} must contain a JSON object, not a {type(config).__name__}; restore the file")
+    if config.get("format") == FORMAT:
+        kind = config.get("kind")
+        expected = " or ".join(repr(name) for name in MODEL_KINDS)
+        if "kind" not in config:
+            raise CheckpointError(
+                f"{str(config_path)!r} lacks the key 'kind' ({expected}); restore the config.json written with the weights"
+            )
+        if kind == "training-state":
+            raise CheckpointError(
+                f"{str(path)!r} is the training state of a run, not a model; give the run folder or one of its epoch-NNNN folders"
+            )
+        raise CheckpointError(f"{str(config_path)!r} has kind {kind!r}, but this version reads only {expected}; restore the config.json or upgrade entropy-probe")
+    if "format" in config:
+        raise CheckpointError(
+            f"{str(config_path)!r} has format {config['format']!r}, which no adapter reads; use --adapter module:function for other formats"
+        )
+    raise CheckpointError(
+        f"{str(config_path)!r} has neither the key 'format' of entropy-probe checkpoints nor the key '_class_name' "
+        f"of diffusers models; restore the config.json written with the weights, or use --adapter module:function for other formats"
+    )
 
 
 def reject_options(adapter: str, path: Path, options: dict[str, Any]) -> None:
@@ -137,6 +173,18 @@ def reject_options(adapter: str, path: Path, options: dict[str, Any]) -> None:
     if given:
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise SpecError(f"{flags} does not apply to {str(path)!r}, a checkpoint of the {adapter} adapter; leave it out")
+
+
+def _check_catalog_revision(name: str, revision: str | None) -> None:
+    """Raise SpecError for --revision with a catalog entry other than a hub model, which has one version only."""
+    from ..catalog import load_catalog
+
+    kind = load_catalog()[name].kind
+    if revision and kind != "hub":
+        raise SpecError(
+            f"--revision {revision} applies only to hub models, but catalog entry {name!r} is a {kind} entry "
+            f"with a single version; leave --revision out"
+        )
 
 
 def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu", **options: Any) -> Denoiser:
@@ -153,6 +201,7 @@ def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu
 
         resolved = resolve_catalog_name(source, revision=options.get("revision"))
         if resolved is not None:
+            _check_catalog_revision(source, options.get("revision"))
             # The revision chose the cached snapshot; the folder itself takes no revision.
             rest = {name: value for name, value in options.items() if name != "revision"}
             return load_denoiser(str(resolved), device=device, **rest)
@@ -164,7 +213,7 @@ def load_denoiser(source: str, *, adapter: str | None = None, device: str = "cpu
                 return candidate.load(path, device=device, **options)
         if path.is_file():
             explain_file(path, source)
-        check_config_json(path)
+        explain_config(path)
         raise CheckpointError(
             f"{source!r} is not a checkpoint directory this version can read (no entropy-probe or "
             f"diffusers config.json found); use --adapter module:function for other formats"

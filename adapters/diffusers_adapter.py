@@ -329,6 +329,11 @@ class DiffusersDenoiser(Denoiser):
         parameter = next(iter(self.network.parameters()), None)
         return parameter.dtype if parameter is not None else torch.float32
 
+    @property
+    def noise_range_note(self) -> str:
+        """Where the noise range comes from, such as the scheduler's timesteps, for range errors."""
+        return self.schedule.range_note
+
     def check_sigma_range(self, low: float, high: float, purpose: str = "the requested time range") -> None:
         slack = 1e-9
         if low < self.sigma_min * (1 - slack) or high > self.sigma_max * (1 + slack):
@@ -640,6 +645,13 @@ def load_folder(
 ) -> DiffusersDenoiser:
     """Load a diffusers pipeline or model folder as a DiffusersDenoiser."""
     path = Path(path).expanduser()
+    # The hub adapter resolves a revision to its snapshot folder before calling this function.
+    revision = ignored.get("revision")
+    if revision:
+        raise SpecError(
+            f"--revision {revision} applies only to hub ids (ORG/NAME), but {str(path)!r} is a local folder "
+            f"with a single version; leave --revision out"
+        )
     layout = find_layout(path, scheduler_config)
     schedule = resolve_schedule(layout, scheduler_override=bool(scheduler_config))
     config_file = layout.unet_dir / "config.json"

@@ -152,8 +152,6 @@ def recorded_numbers(result: Path) -> dict:
         "t_min": float(attrs["t_min"]),
         "t_max": float(attrs["t_max"]),
         "estimator": attrs["estimator"],
-        "rule": attrs["quadrature_rule"],
-        "nodes": int(attrs["nodes"]),
         "samples": int(attrs["samples_per_node"]),
         "seed": int(attrs["seed"]),
         "data": attrs["data"],
@@ -162,6 +160,9 @@ def recorded_numbers(result: Path) -> dict:
     if attrs["estimator"] == "importance":
         settings["strata"] = int(attrs["strata"])
         settings["proposal"] = attrs["proposal"]
+    else:
+        settings["rule"] = attrs["quadrature_rule"]
+        settings["nodes"] = int(attrs["nodes"])
     return {
         **numbers,
         "units": {"s_nn": "nats", "cross_term": "nats", "denoising_loss": "nats", "ce_bound": "nats", "ce_bound_bpd": "bits/dim",

@@ -618,20 +618,30 @@ def _audit_attrs(process, train, heldout, model, settings, t_min, t_max, step, s
 
 def format_verdict(dataset: xr.Dataset) -> str:
     """Format the main numbers and the verdict table as text."""
-    lines = [
-        f"S_NN on training data   {float(dataset['s_nn_train']):.5g} ± {float(dataset['s_nn_train_stderr']):.2g} nats",
-        f"S_NN on held-out data   {float(dataset['s_nn_heldout']):.5g} ± {float(dataset['s_nn_heldout_stderr']):.2g} nats",
-        f"memorisation ceiling    {float(dataset['memorisation_ceiling']):.5g} ± {float(dataset['memorisation_ceiling_stderr']):.2g} nats",
-        f"bound, training items   {float(dataset['ce_bound_bpd_train']):.4f} ± {float(dataset['ce_bound_bpd_train_stderr']):.2g} bits/dim",
-        f"bound, held-out items   {float(dataset['ce_bound_bpd_heldout']):.4f} ± {float(dataset['ce_bound_bpd_heldout_stderr']):.2g} bits/dim",
+    from .formatting import format_estimate, format_rows
+
+    def value(name: str) -> str:
+        return format_estimate(float(dataset[name]), float(dataset[name + "_stderr"]))
+
+    step = float(dataset.attrs.get("quantization_step", 0.0) or 0.0)
+    bpd = "bits/dim of the quantised data" if step else "bits/dim (continuous data)"
+    rows = [
+        ["S_NN on training data", value("s_nn_train"), "nats"],
+        ["S_NN on held-out data", value("s_nn_heldout"), "nats"],
+        ["memorisation ceiling", value("memorisation_ceiling"), "nats"],
+        ["bound, training items", value("ce_bound_bpd_train"), bpd],
+        ["bound, held-out items", value("ce_bound_bpd_heldout"), bpd],
     ]
     if "nll_bpd_train" in dataset:
-        lines += [
-            f"ODE NLL, training       {float(dataset['nll_bpd_train']):.4f} ± {float(dataset['nll_bpd_train_stderr']):.2g} bits/dim",
-            f"ODE NLL, held-out       {float(dataset['nll_bpd_heldout']):.4f} ± {float(dataset['nll_bpd_heldout_stderr']):.2g} bits/dim",
+        rows += [
+            ["ODE NLL, training", value("nll_bpd_train"), bpd],
+            ["ODE NLL, held-out", value("nll_bpd_heldout"), bpd],
         ]
+    rows.append(
+        ["near-copies", f"{float(dataset['copy_fraction']):.3f}", f"of samples, {float(dataset['heldout_copy_fraction']):.3f} of held-out items"]
+    )
+    lines = format_rows(rows)
     lines += [
-        f"near-copies             {float(dataset['copy_fraction']):.3f} of samples, {float(dataset['heldout_copy_fraction']):.3f} of held-out items",
         "",
         f"{'signal':<18} {'value':>12} {'threshold':>12}  {'flagged':<8} rule",
     ]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, OutputError
+from .filemodes import publish_file, publish_folder, publish_tree
 
 FORMAT = "entropy-probe"
 FORMAT_VERSION = 1
@@ -45,6 +46,7 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2, sort_keys=False, default=_json_default)
             handle.write("\n")
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,6 +78,7 @@ def write_checkpoint(directory: str | Path, config: Mapping[str, Any], tensors: 
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=parent))
+        publish_folder(staging)
     except OSError as error:
         raise OutputError(f"cannot write to {str(parent)!r}: {error.strerror}; choose a writable --out") from None
     try:
@@ -83,6 +86,7 @@ def write_checkpoint(directory: str | Path, config: Mapping[str, Any], tensors: 
         save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(staging / WEIGHTS_NAME))
         full_config["weights_sha256"] = sha256_file(staging / WEIGHTS_NAME)
         write_json_atomic(staging / CONFIG_NAME, full_config)
+        publish_tree(staging)
         if directory.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=parent))
             backup.rmdir()

@@ -3,7 +3,9 @@
 A trained denoiser defines e_θ for every process whose noise range it covers, so the same
 checkpoint can be measured under vp, sl, vpx, ... Each process is measured with
 `probe.measure` and the same settings. The draws are addressed by (seed, node, sample), so
-node k of every process uses the same (x_0, ε) pairs, only at a different time t_k.
+node k of every process uses the same (x_0, ε) pairs, only at a different time t_k. Under
+importance sampling the node is a stratum, and the uniform number that picks the time inside
+it is shared too. Each process turns that number into a time with its own proposal.
 
 The result is one Dataset with a `process` dimension (the canonical process specs) and a `node`
 dimension: the node times differ per process, so `t(process, node)` is a variable. Scalars such
@@ -24,7 +26,7 @@ import xarray as xr
 from .data import DataSource
 from .denoiser import Denoiser
 from .errors import SpecError
-from .probe import MeasureSettings, measure, resolve_time_range
+from .probe import MeasureSettings, design_line, measure, resolve_time_range
 from .processes import Process, from_spec
 from .results import NATS
 
@@ -49,11 +51,7 @@ def check_ranges(model: Denoiser, processes: Sequence[Process], settings: Measur
     """Validate every process's time range and the model's noise range before any evaluation."""
     for process in processes:
         t_min, t_max = resolve_time_range(process, settings)
-        model.check_sigma_range(
-            float(process.sigma_tilde(t_min)),
-            float(process.sigma_tilde(t_max)),
-            purpose=f"process {process.spec!r} on [{t_min:g}, {t_max:g}]",
-        )
+        model.check_time_range(process, t_min, t_max, purpose=f"the time range of process {process.spec!r}")
 
 
 def compare_processes(
@@ -95,10 +93,17 @@ def combine_measurements(results: Sequence[xr.Dataset]) -> xr.Dataset:
     combined.attrs = _merge_attrs([result.attrs for result in results], specs)
     combined.attrs["title"] = "entropy-probe comparison of forward processes"
     combined.attrs["processes"] = json.dumps(specs)
-    combined.attrs["common_random_numbers"] = (
-        "every process uses the same seed, node count and samples, so node k of each process "
-        "evaluates the same (x_0, ε) pairs at that process's own time t(process, k)"
-    )
+    if combined.attrs.get("estimator") == "importance":
+        combined.attrs["common_random_numbers"] = (
+            "every process uses the same seed, strata and samples, so sample i of stratum k of each process "
+            "evaluates the same (x_0, ε) pair and the same uniform number, which that process's own proposal "
+            "maps to its own time"
+        )
+    else:
+        combined.attrs["common_random_numbers"] = (
+            "every process uses the same seed, node count and samples, so node k of each process "
+            "evaluates the same (x_0, ε) pairs at that process's own time t(process, k)"
+        )
     return combined
 
 
@@ -133,8 +138,8 @@ _COLUMNS = (
     ("S_NN [nats]", "s_nn", True),
     ("cross term [nats]", "cross_term", True),
     ("CE bound [bits/dim]", "ce_bound_bpd", True),
-    ("thermo length", "thermo_length", True),
-    ("speed-limit bound [nats]", "speed_limit_bound", False),
+    ("thermo length [data units]", "thermo_length", True),
+    ("S_tot lower bound [nats]", "speed_limit_bound", False),
     ("S_tot [nats]", "s_tot", True),
 )
 
@@ -142,11 +147,13 @@ _COLUMNS = (
 def _cell(dataset: xr.Dataset, name: str, with_error: bool, index: int) -> str:
     if name not in dataset:
         return ""
+    from .formatting import format_estimate
+
     value = float(dataset[name].values[index])
     error_name = name + "_stderr"
     if with_error and error_name in dataset:
-        return f"{value:.5g} ± {float(dataset[error_name].values[index]):.2g}"
-    return f"{value:.5g}"
+        return format_estimate(value, float(dataset[error_name].values[index]))
+    return format_estimate(value)
 
 
 def format_comparison(dataset: xr.Dataset) -> str:
@@ -170,8 +177,7 @@ def summarize_comparison(dataset: xr.Dataset) -> str:
     head = [
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
         f"data      {attrs.get('data', '')}   (d = {attrs.get('data_dim', '')})",
-        f"estimate  {attrs.get('nodes')} nodes ({attrs.get('quadrature_rule')}) × {attrs.get('samples_per_node')} samples "
-        f"per process, seed {attrs.get('seed')} (common random numbers)",
+        f"estimate  {design_line(attrs)} per process, seed {attrs.get('seed')} (common random numbers)",
         f"units     entropies in {NATS}; CE bound in bits/dim",
         "",
     ]

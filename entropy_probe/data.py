@@ -235,9 +235,10 @@ def derived_spec(spec: str, **changes: Any) -> str:
     return format_spec(name, values)
 
 
-def check_n_c(spec: str, n_c: int) -> None:
-    if n_c < 0:
-        raise SpecError(f"invalid n_c={n_c} in {spec!r}; it must be >= 0 (0 = all images of every class)")
+def check_n_c(spec: str, n_c: Optional[int]) -> None:
+    """Reject an n_c below 1; None (n_c left out) selects all images of every class."""
+    if n_c is not None and n_c < 1:
+        raise SpecError(f"invalid n_c={n_c} in {spec!r}; it must be >= 1, or leave n_c out to use all images of every class")
 
 
 def _pixel_range(spec: str, value: str) -> tuple[tuple[float, float], float]:
@@ -273,7 +274,7 @@ def first_per_class(labels: np.ndarray, n_per_class: int, spec: str, pool_per_cl
 
 
 _PIXEL_PARAMS = {
-    "n_c": Param("n_c", int, 0, "first n_c images of every class (0 = all)"),
+    "n_c": Param("n_c", int, None, "first n_c images of every class (default: all)"),
     "split": Param("split", str, "train", "train or heldout"),
     "range": Param("range", str, "01", "pixel range: 01 for [0, 1] (the paper) or pm1 for [−1, 1]"),
 }
@@ -328,7 +329,7 @@ def _mnist_source(spec: str, values: dict[str, Any]) -> DataSource:
         "std_min": Param("std_min", float, 0.5, "smallest component std"),
         "std_max": Param("std_max", float, 1.0, "largest component std"),
         "seed": Param("seed", int, 0, "seed of the mixture recipe"),
-        "n": Param("n", int, 0, "draw a fixed training set of n samples (0 = fresh draws)"),
+        "n": Param("n", int, None, "draw a fixed training set of n samples (default: fresh draws)"),
         "sample_seed": Param("sample_seed", int, 0, "seed of the fixed training set"),
     },
     "Gaussian mixture by the Neural Entropy paper's recipe",
@@ -339,7 +340,9 @@ def _gmm_source(spec: str, values: dict[str, Any]) -> DataSource:
     oracle = paper_mixture(
         values["dim"], values["components"], values["side"], values["std_min"], values["std_max"], values["seed"]
     )
-    if values["n"] > 0:
+    if values["n"] is not None and values["n"] < 1:
+        raise SpecError(f"invalid n={values['n']} in {spec!r}; it must be >= 1, or leave n out for fresh draws of the mixture")
+    if values["n"] is not None:
         generator = torch.Generator().manual_seed(values["sample_seed"])
         points = oracle.sample(values["n"], generator).numpy()
         source: DataSource = ArraySource(points, spec=spec, reference=oracle)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from .errors import SigmaRangeError
@@ -24,6 +25,8 @@ class Denoiser:
     #: Valid noise levels σ̃ (inclusive); oracles accept (0, ∞).
     sigma_min: float = 0.0
     sigma_max: float = math.inf
+    #: Where the noise range comes from (such as a scheduler's timesteps), added to range errors.
+    noise_range_note: str = ""
     #: Shape of one data item, e.g. (1, 28, 28) or (d,).
     data_shape: tuple[int, ...] = ()
     #: Range of the data values, e.g. (0.0, 1.0) for images; None for unbounded data.
@@ -108,6 +111,49 @@ class Denoiser:
                 f"valid only from {self.sigma_min:.4g} to {self.sigma_max:.4g}; narrow "
                 f"--t-min/--t-max or choose a process whose range the model covers"
             )
+
+    def check_time_range(self, process, t_min: float, t_max: float, purpose: str = "the requested time range") -> None:
+        """Raise SigmaRangeError when [t_min, t_max] of `process` leaves the model's noise range.
+
+        The message gives the limits in t of `process`, the unit of --t-min and --t-max, with
+        σ/α in parentheses.
+        """
+        low = float(process.sigma_tilde(t_min))
+        high = float(process.sigma_tilde(t_max))
+        try:
+            self.check_sigma_range(low, high, purpose)
+        except SigmaRangeError:
+            pass
+        else:
+            return
+        with np.errstate(all="ignore"):
+            t_low = float(process.t_from_sigma_tilde(self.sigma_min))
+            t_high = float(process.t_from_sigma_tilde(self.sigma_max))
+        fixes = []
+        if low < self.sigma_min * (1 - 1e-9):
+            fixes.append(f"--t-min {_round_inwards(t_low, up=True)} or larger" if math.isfinite(t_low) else "a larger --t-min")
+        if high > self.sigma_max * (1 + 1e-9):
+            fixes.append(f"--t-max {_round_inwards(t_high, up=False)} or smaller" if math.isfinite(t_high) else "a smaller --t-max")
+        covered = (
+            f"t from {t_low:.4g} to {t_high:.4g} of {process.spec}"
+            if math.isfinite(t_low) and math.isfinite(t_high)
+            else f"part of the times of {process.spec}"
+        )
+        note = self.noise_range_note
+        raise SigmaRangeError(
+            f"{purpose} is t from {t_min:.4g} to {t_max:.4g} (σ/α from {low:.4g} to {high:.4g}), but the model is "
+            f"valid only for {covered} (σ/α from {self.sigma_min:.4g} to {self.sigma_max:.4g}{', ' + note if note else ''}); use "
+            f"{' and '.join(fixes)}, or a process whose range the model covers"
+        )
+
+
+def _round_inwards(t: float, up: bool) -> str:
+    """Format t with 3 significant digits, rounded up (or down) so that the printed time is inside the range."""
+    if t <= 0:
+        return f"{t:.3g}"
+    step = 10.0 ** (math.floor(math.log10(t)) - 2)
+    value = (math.ceil(t / step * (1 - 1e-12)) if up else math.floor(t / step * (1 + 1e-12))) * step
+    return f"{value:.3g}"
 
 
 def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 from . import __version__
 from .checkpoint import check_format, read_config, read_tensors, require, write_json_atomic
 from .errors import CheckpointError, OutputError, SpecError
+from .filemodes import publish_tree
 from .processes import Process, from_spec
 
 FORMATS = ("diffusers",)
@@ -37,7 +38,54 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, format: str = "di
     """Write `checkpoint` in `format` to the folder `out` (atomically); return `out`."""
     if format not in FORMATS:
         raise SpecError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    return export_diffusers(checkpoint, out, overwrite=overwrite)
+    directory = resolve_checkpoint(checkpoint)
+    check_output_folder(Path(out), overwrite)
+    return export_diffusers(directory, out, overwrite=overwrite)
+
+
+def resolve_checkpoint(source: str | Path) -> Path:
+    """Return the directory of `source`: an existing path or the name of a shipped catalog entry.
+
+    Catalog names resolve as in `measure`. A hub id names a diffusers model, which is in a
+    diffusers format already, so it is rejected with that reason.
+    """
+    from .catalog import resolve_catalog_name
+
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    resolved = resolve_catalog_name(str(source))
+    if resolved is not None:
+        return resolved
+    if "/" in str(source) and not str(source).startswith((".", "/", "~")):
+        raise CheckpointError(
+            f"checkpoint {str(source)!r} not found: it is neither an existing path nor a catalog name; a "
+            f"hub id names a diffusers model, which needs no export, so give a folder written by "
+            f"'entropy-probe train'"
+        )
+    raise CheckpointError(
+        f"checkpoint {str(source)!r} not found: it is neither an existing path nor a catalog name; "
+        f"run 'entropy-probe catalog list' for the known names"
+    )
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Raise OutputError unless the folder `out` can be created (or replaced with `overwrite`)."""
+    if out.exists() and not overwrite:
+        raise OutputError(f"output folder {str(out)!r} exists already; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {str(out)!r} is a file; give a folder for --out")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable; choose another --out")
+    # Permissions do not tell everything (read-only file systems, root): try to create a folder.
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent)
+    except OSError as error:
+        raise OutputError(f"cannot write {str(out)!r}: {error.strerror} in folder {str(parent)!r}; choose another --out") from None
+    os.rmdir(probe)
 
 
 def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,18 +186,14 @@ def _diffusers_version() -> str:
 
 def _write_folder(out: Path, overwrite: bool, unet, index: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
     """Write the folder into a staging sibling and rename it into place."""
-    if out.exists() and not overwrite:
-        raise OutputError(f"output folder {str(out)!r} exists already; choose another --out or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {str(out)!r} is a file; give a folder for --out")
+    check_output_folder(out, overwrite)
     parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist; create it first")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
     try:
         unet.save_pretrained(str(staging / "unet"), safe_serialization=True)
         write_json_atomic(staging / "model_index.json", dict(index))
         write_json_atomic(staging / "entropy_probe.json", json.loads(json.dumps(dict(metadata))))
+        publish_tree(staging)
         if out.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=parent))
             backup.rmdir()

@@ -92,7 +92,7 @@ def _check_directory(directory: str, spec: str, example: str) -> Path:
 
 
 def _subset_source(images: np.ndarray, labels: np.ndarray, spec: str, values: dict[str, Any], heldout: str) -> DataSource:
-    """Build a source of the first n_c images of every class (all when n_c = 0), scaled to the range."""
+    """Build a source of the first n_c images of every class (all when n_c is left out), scaled to the range."""
     check_n_c(spec, values["n_c"])
     indices = first_per_class(labels, values["n_c"], spec) if values["n_c"] else np.arange(labels.size)
     pixel_range, step = _pixel_range(spec, values["range"])
@@ -117,7 +117,7 @@ def _split_param(spec: str, split: str) -> str:
 _FILE_PARAMS = {
     "dir": Param("dir", str, "", "directory with the standard files"),
     "split": Param("split", str, "train", "train or test"),
-    "n_c": Param("n_c", int, 0, "first n_c images of every class, in file order (0 = all)"),
+    "n_c": Param("n_c", int, None, "first n_c images of every class, in file order (default: all)"),
     "range": Param("range", str, "01", "pixel range: 01 for [0, 1] (the paper) or pm1 for [−1, 1]"),
 }
 

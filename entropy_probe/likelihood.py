@@ -215,7 +215,7 @@ def log_likelihood(
     t_min = process.default_t_min if settings.t_min is None else float(settings.t_min)
     t_max = process.default_t_max if settings.t_max is None else float(settings.t_max)
     process.check_time_range(t_min, t_max)
-    model.check_sigma_range(float(process.sigma_tilde(t_min)), float(process.sigma_tilde(t_max)), "the likelihood")
+    model.check_time_range(process, t_min, t_max, "the time range of the likelihood")
     x0 = torch.as_tensor(x0, dtype=torch.float64)
     if tuple(x0.shape[1:]) != tuple(model.data_shape):
         raise DataError(f"items of shape {tuple(x0.shape[1:])} do not match the model's data shape {tuple(model.data_shape)}")

@@ -23,6 +23,7 @@ import numpy as np
 from . import interrupts
 from .errors import OutputError
 from .estimators import NodeSums
+from .filemodes import publish_file
 
 SUFFIX = ".partial.npz"
 
@@ -66,6 +67,7 @@ def save(path: str | Path, sums: NodeSums, done: int, total: int, options: Mappi
             )
             handle.flush()
             os.fsync(handle.fileno())
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import xarray as xr
 
+from .filemodes import publish_file
+
 
 def _figure(ncols: int, width: float = 5.2, height: float = 4.0):
     from matplotlib.figure import Figure
@@ -25,6 +27,7 @@ def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
     os.close(fd)
     try:
         figure.savefig(tmp, dpi=dpi)
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

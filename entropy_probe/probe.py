@@ -41,6 +41,10 @@ ESTIMATORS = ("grid", "importance")
 
 #: Smallest batch of the reference-density draws at t_min and T.
 REFERENCE_BATCH = 4096
+#: Maximum quadrature nodes or strata. Memory and the size of the result grow linearly with
+#: them, and every node or stratum needs two samples for its variance, so 2^20 of them already
+#: cost two million network evaluations.
+MAX_CELLS = 1 << 20
 
 
 @dataclass
@@ -89,6 +93,26 @@ class MeasureSettings:
     #: Prepare the draws of the next batch in a background thread.
     prefetch: bool = True
 
+    def record(self) -> dict[str, Any]:
+        """Return the settings as a dict without those of the estimator that did not run.
+
+        A grid run drops the importance-sampling fields, and an importance run drops `nodes` and
+        `rule`, the pilot samples unless the proposal is "pilot", and the defensive weight
+        unless the proposal is rate-shaped ("gaussian" or "pilot").
+        """
+        record = asdict(self)
+        if self.estimator == "grid":
+            unused = ["strata", "proposal", "defensive", "pilot_samples"]
+        else:
+            unused = ["nodes", "rule"]
+            if self.proposal != "pilot":
+                unused.append("pilot_samples")
+            if self.proposal not in ("gaussian", "pilot"):
+                unused.append("defensive")
+        for name in unused:
+            record.pop(name)
+        return record
+
     def validate(self) -> None:
         from .evaluation import PRECISIONS
         from .proposals import check_proposal
@@ -97,6 +121,8 @@ class MeasureSettings:
             raise SpecError(f"invalid number of samples {self.samples}; it must be >= 2 (for example --samples 256)")
         if self.nodes < 2:
             raise SpecError(f"invalid number of nodes {self.nodes}; it must be >= 2 (for example --nodes 65)")
+        if self.nodes > MAX_CELLS:
+            raise SpecError(f"invalid number of nodes {self.nodes}; it must be <= {MAX_CELLS} (--nodes 65 is usually enough)")
         if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
             raise SpecError(f"invalid batch size {self.batch_size!r}; it must be an integer >= 1 or 'auto'")
         if self.antithetic and self.batch_size != "auto" and self.batch_size < 2:
@@ -107,6 +133,8 @@ class MeasureSettings:
             raise SpecError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
         if self.strata < 1:
             raise SpecError(f"invalid number of strata {self.strata}; it must be >= 1 (for example --strata 64)")
+        if self.strata > MAX_CELLS:
+            raise SpecError(f"invalid number of strata {self.strata}; it must be <= {MAX_CELLS} (--strata 64 is usually enough)")
         check_proposal(self.proposal, self.defensive)
         if self.pilot_samples < 2:
             raise SpecError(f"invalid number of pilot samples {self.pilot_samples}; it must be >= 2")
@@ -180,9 +208,7 @@ def measure(
     check_compatible(model, data, reference)
     if settings.estimator == "grid":
         make_grid(process, t_min, t_max, settings.nodes, settings.rule)  # validates nodes and rule early
-    sigma_low = float(process.sigma_tilde(t_min))
-    sigma_high = float(process.sigma_tilde(t_max))
-    model.check_sigma_range(sigma_low, sigma_high)
+    model.check_time_range(process, t_min, t_max)
 
     started = time.perf_counter()
     draws = Draws(data, settings.seed)
@@ -269,7 +295,7 @@ def build_dataset(
         variables[f"{prefix}_rate"] = node_var(mean, RATE, long_name)
         variables[f"{prefix}_rate_stderr"] = node_var(np.sqrt(var), RATE, f"standard error of {prefix}_rate")
         variables[f"{prefix}_cumulative"] = node_var(
-            grid.cumulative @ mean, NATS, f"integral of {prefix}_rate from t_min to t"
+            grid.cumulative_integral(mean), NATS, f"integral of {prefix}_rate from t_min to t"
         )
         return float(grid.integrate(mean)), float(math.sqrt(grid.integrate_variance(var)))
 
@@ -447,9 +473,8 @@ def _provenance(process, data, settings, design, model, reference, extra, elapse
         "t_min": grid.t_min,
         "t_max": grid.t_max,
         "time_convention": "t = 0 is data, t = T is noise; entropies in nats",
-        "quadrature_rule": grid.rule,
+        **_grid_attrs(design),
         "quadrature_variable": _quadrature_variable(design),
-        "nodes": grid.size,
         "samples_per_node": settings.samples,
         "samples_total": int(sums.count.sum()),
         **describe_design(design, settings),
@@ -478,11 +503,18 @@ def _provenance(process, data, settings, design, model, reference, extra, elapse
         "model_provenance": model.provenance,
         "reference": reference.provenance if reference is not None else None,
         "reference_fingerprint": reference.fingerprint if reference is not None else None,
-        "settings": asdict(settings),
+        "settings": settings.record(),
         "stderr_method": _stderr_method(design, settings),
     }
     attrs.update(extra)
     return attrs
+
+
+def _grid_attrs(design) -> dict[str, Any]:
+    """Return the rule and node count of a grid run; an importance run records its strata instead."""
+    if design.kind == "importance":
+        return {}
+    return {"quadrature_rule": design.grid.rule, "nodes": design.grid.size}
 
 
 def _quadrature_variable(design) -> str:
@@ -508,45 +540,61 @@ def _stderr_method(design, settings) -> str:
     return text
 
 
-def _design_line(attrs) -> str:
+def design_line(attrs) -> str:
+    """Describe the estimator, its cells and samples in one line of text."""
     if attrs.get("estimator") == "importance":
-        text = f"{attrs['nodes']} strata of the {attrs['proposal']} proposal (importance sampling)"
+        text = f"{attrs['strata']} strata of the {attrs['proposal']} proposal (importance sampling)"
     else:
         text = f"{attrs['nodes']} nodes ({attrs['quadrature_rule']})"
     text += f" × {attrs['samples_per_node']} samples"
     if attrs.get("antithetic") in (True, "true"):
         text += " (antithetic pairs)"
-    rounds = int(attrs.get("rounds", 1))
+    try:
+        rounds = int(attrs.get("rounds", 1))
+    except (TypeError, ValueError):
+        # A comparison whose processes took different numbers of rounds stores them by process.
+        return text + f", rounds per process {attrs['rounds']}"
     if rounds > 1:
         text += f", then {rounds - 1} more round{'s' if rounds > 2 else ''} to {attrs['samples_total']} samples"
     return text
 
 
 def summarize(dataset: xr.Dataset) -> str:
-    """Format a one-screen text summary of a measurement."""
+    """Format a one-screen text summary of a measurement: a header, then aligned estimate rows."""
+    from .formatting import format_estimate, format_rows, format_step
 
-    def value(name: str, fmt: str = ".4g") -> str:
-        v = float(dataset[name])
-        se = dataset.get(name + "_stderr")
-        return f"{v:{fmt}} ± {float(se):.2g}" if se is not None else f"{v:{fmt}}"
+    def value(name: str) -> str:
+        stderr = dataset.get(name + "_stderr")
+        return format_estimate(float(dataset[name]), None if stderr is None else float(stderr))
 
     attrs = dataset.attrs
-    lines = [
+    header = [
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
         f"process   {attrs['process']}   t in [{attrs['t_min']:g}, {attrs['t_max']:g}]",
         f"data      {attrs['data']}   (d = {attrs['data_dim']})",
-        f"estimate  {_design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
+        f"estimate  {design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
         f"evaluations, {attrs['wall_time_seconds']:.1f} s",
         "",
-        f"S_NN               {value('s_nn')} nats  =  {float(dataset['s_nn_bits']):.4g} bits",
-        f"cross term C       {value('cross_term')} nats",
-        f"cross-entropy bound {value('ce_bound')} nats  =  {value('ce_bound_bpd', '.4f')} bits/dim",
-        f"thermodynamic length {value('thermo_length')}   speed-limit bound on S_tot {float(dataset['speed_limit_bound']):.4g} nats",
+    ]
+    step = float(dataset["ce_bound_bpd"].attrs.get("quantization_step", 0.0) or 0.0)
+    if step:
+        offset = float(dataset["ce_bound_bpd"].attrs.get("quantization_offset_bits", 0.0))
+        bpd_unit = f"bits/dim of the quantised data (bin width Δ = {format_step(step)} adds −log2 Δ = {offset:.4g})"
+    else:
+        bpd_unit = "bits/dim (continuous data)"
+    s_nn_bits = format_estimate(float(dataset["s_nn_bits"]), float(dataset["s_nn_stderr"]) / LN2)
+    rows = [
+        ["S_NN", value("s_nn"), f"nats  ({s_nn_bits} bits)"],
+        ["cross term C", value("cross_term"), "nats"],
+        ["cross-entropy bound", value("ce_bound_bpd"), bpd_unit],
+        ["  as a density", value("ce_bound"), "nats under the continuous density (can be negative)"],
+        ["thermodynamic length", value("thermo_length"), "data units (∫ sqrt((g²/2) Ṡ_NN) dt, at least W2)"],
+        ["S_tot lower bound", format_estimate(float(dataset["speed_limit_bound"])), "nats (speed limit W2² / ∫ (g²/2) dt)"],
     ]
     if "s_tot" in dataset:
-        lines += [
-            f"S_tot (exact law)  {value('s_tot')} nats",
-            f"score error        {value('score_error')} nats",
-            f"KL bound           {value('kl_bound')} nats",
+        rows += [
+            ["S_tot (exact law)", value("s_tot"), "nats"],
+            ["score error", value("score_error"), "nats"],
+            ["KL bound", value("kl_bound"), "nats"],
         ]
-    return "\n".join(lines)
+    return "\n".join(header + format_rows(rows))

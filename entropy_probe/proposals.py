@@ -101,16 +101,15 @@ class Proposal:
     def strata_grid(self, strata: int) -> Grid:
         """Strata of equal probability 1/strata as a `Grid` whose weights are the stratum widths in t.
 
-        The node of a stratum is its median under q. Row k of `cumulative` integrates the
+        The node of a stratum is its median under q. The partial integral at stratum k sums the
         strata before k and half of stratum k, an approximation used only for plotting the
-        cumulative entropy.
+        cumulative entropy. Memory grows linearly with `strata`.
         """
         edges_t = self.quantile_t(np.linspace(0.0, 1.0, strata + 1))
         edges_t[0], edges_t[-1] = self.t_min, self.t_max
         centres = self.quantile_t((np.arange(strata) + 0.5) / strata)
         widths = np.diff(edges_t)
-        cumulative = np.tril(np.broadcast_to(widths, (strata, strata)), k=-1) + np.diag(0.5 * widths)
-        return Grid("importance", self.t_min, self.t_max, centres, widths, cumulative)
+        return Grid("importance", self.t_min, self.t_max, centres, widths, "midpoint")
 
 
 def _u_range(process: Process, t_min: float, t_max: float) -> tuple[float, float]:

@@ -25,6 +25,13 @@ from .processes import Process
 RULES = ("simpson", "trapezoid", "gauss", "trapezoid-t")
 
 
+#: How `Grid.cumulative_integral` forms partial integrals. "simpson" and "trapezoid" are the
+#: partial sums of the rule itself. "interpolated" (for gauss) is the trapezoid rule through the
+#: nodes, with the first value held constant down to the left end. "midpoint" (for strata) sums
+#: the cells before a node and half of its own.
+PARTIAL_RULES = ("simpson", "trapezoid", "interpolated", "midpoint")
+
+
 @dataclass(frozen=True)
 class Grid:
     """Nodes t_k with weights w_k such that ∫_{t_min}^{T} h(t) dt ≈ Σ_k w_k h(t_k)."""
@@ -34,9 +41,14 @@ class Grid:
     t_max: float
     t: np.ndarray
     weights: np.ndarray
-    #: Row k holds the weights of ∫_{t_min}^{t_k} (exact partial sums for simpson and the
-    #: trapezoid rules; an interpolating approximation for gauss).
-    cumulative: np.ndarray
+    #: One of PARTIAL_RULES.
+    partial_rule: str = "midpoint"
+    #: Integration variable of the partial integrals at the nodes (u = log σ̃ or t).
+    partial_x: np.ndarray | None = None
+    #: dt/dx at the nodes, which turns a rate per unit time into one per unit x.
+    partial_dt_dx: np.ndarray | None = None
+    #: Left end of the partial integrals in x, for the "interpolated" rule.
+    partial_x_start: float = 0.0
 
     @property
     def size(self) -> int:
@@ -49,6 +61,32 @@ class Grid:
     def integrate_variance(self, variances: np.ndarray) -> np.ndarray:
         """Variance of Σ_k w_k h_k for independent node estimates with the given variances."""
         return np.tensordot(self.weights**2, variances, axes=(0, 0))
+
+    def cumulative_integral(self, values: np.ndarray) -> np.ndarray:
+        """Approximate ∫_{t_min}^{t_k} h dt at every node from the node values, along the first axis.
+
+        The partial sums are exact for simpson and the trapezoid rules and interpolate for gauss
+        and strata. Time and memory grow linearly with the number of nodes.
+        """
+        from scipy import integrate  # imported here: it adds about half a second to every command's start
+
+        values = np.asarray(values, dtype=np.float64)
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        if self.partial_rule == "midpoint":
+            cells = self.weights.reshape(shape) * values
+            return np.cumsum(cells, axis=0) - 0.5 * cells
+        per_x = values * np.asarray(self.partial_dt_dx).reshape(shape)
+        x = np.asarray(self.partial_x)
+        if self.partial_rule == "interpolated":
+            extended = np.concatenate([per_x[:1], per_x], axis=0)
+            x = np.concatenate([[self.partial_x_start], x])
+            return integrate.cumulative_trapezoid(extended, x, axis=0, initial=0.0)[1:]
+        if self.partial_rule == "trapezoid":
+            return integrate.cumulative_trapezoid(per_x, x, axis=0, initial=0.0)
+        partial = integrate.cumulative_simpson(per_x, x=x, axis=0, initial=0.0)
+        # The last row is the composite Simpson rule itself, so the total matches `integrate`.
+        partial[-1] = self.integrate(values)
+        return partial
 
 
 def make_grid(process: Process, t_min: float, t_max: float, nodes: int, rule: str = "simpson") -> Grid:
@@ -63,8 +101,7 @@ def make_grid(process: Process, t_min: float, t_max: float, nodes: int, rule: st
 
     if rule == "trapezoid-t":
         t = np.linspace(t_min, t_max, nodes)
-        weights_t, cumulative_t = _trapezoid_weights(t)
-        return Grid(rule, t_min, t_max, t, weights_t, cumulative_t)
+        return Grid(rule, t_min, t_max, t, _trapezoid_weights(t), "trapezoid", t, np.ones(nodes))
 
     u_min = float(process.log_sigma_tilde(t_min))
     u_max = float(process.log_sigma_tilde(t_max))
@@ -72,52 +109,35 @@ def make_grid(process: Process, t_min: float, t_max: float, nodes: int, rule: st
         x, w = np.polynomial.legendre.leggauss(nodes)
         u = u_min + (x + 1.0) * 0.5 * (u_max - u_min)
         weights_u = w * 0.5 * (u_max - u_min)
-        cumulative_u = _interpolated_cumulative(u, u_min)
+        partial_rule = "interpolated"
     else:
         u = np.linspace(u_min, u_max, nodes)
-        if rule == "simpson":
-            weights_u, cumulative_u = _simpson_weights(u)
-        else:
-            weights_u, cumulative_u = _trapezoid_weights(u)
+        weights_u = _simpson_weights(u) if rule == "simpson" else _trapezoid_weights(u)
+        partial_rule = "simpson" if rule == "simpson" else "trapezoid"
     t = np.asarray(process.t_from_log_sigma_tilde(u), dtype=np.float64)
     if rule != "gauss":
         # Pin the ends to the requested times exactly (the inversion is exact only to round-off).
         t[0], t[-1] = t_min, t_max
     dt_du = 1.0 / process.dlog_sigma_tilde_dt(t)
-    return Grid(rule, t_min, t_max, t, weights_u * dt_du, cumulative_u * dt_du[None, :])
+    return Grid(rule, t_min, t_max, t, weights_u * dt_du, partial_rule, u, dt_du, u_min)
 
 
-def _trapezoid_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import integrate  # imported here: it adds about half a second to every command's start
+def _trapezoid_weights(x: np.ndarray) -> np.ndarray:
+    weights = np.zeros(x.size)
+    steps = np.diff(x)
+    weights[:-1] += 0.5 * steps
+    weights[1:] += 0.5 * steps
+    return weights
 
-    basis = np.eye(x.size)
-    cumulative = integrate.cumulative_trapezoid(basis, x, axis=0, initial=0.0)
-    return cumulative[-1].copy(), cumulative
 
-
-def _simpson_weights(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import integrate
-
-    basis = np.eye(x.size)
-    cumulative = integrate.cumulative_simpson(basis, x=x, axis=0, initial=0.0)
-    # The last row is the composite Simpson rule; build it directly so it is exact.
+def _simpson_weights(x: np.ndarray) -> np.ndarray:
+    """Composite Simpson weights on equally spaced x (an odd number of points)."""
     h = x[1] - x[0]
     weights = np.zeros(x.size)
     weights[0:-1:2] += h / 3.0
     weights[1::2] += 4.0 * h / 3.0
     weights[2::2] += h / 3.0
-    cumulative[-1] = weights
-    return weights, cumulative
-
-
-def _interpolated_cumulative(u: np.ndarray, u_min: float) -> np.ndarray:
-    """Partial integrals from u_min to each Gauss node by the trapezoid rule on the nodes."""
-    from scipy import integrate
-
-    x = np.concatenate([[u_min], u])
-    basis = np.vstack([np.eye(u.size)[0], np.eye(u.size)])  # constant extrapolation below u_0
-    cumulative = integrate.cumulative_trapezoid(basis, x, axis=0, initial=0.0)
-    return cumulative[1:]
+    return weights
 
 
 def integrate_smooth(process: Process, t_min: float, t_max: float, integrand_u, panels: int = 256) -> float:

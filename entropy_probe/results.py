@@ -12,6 +12,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import OutputError
+from .filemodes import publish_file
 
 NATS = "nats"
 RATE = "nats per unit time"
@@ -46,11 +47,17 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def check_output_path(path: str | Path, overwrite: bool) -> Path:
-    """Reject an existing output unless `overwrite`, and an output whose folder is missing."""
+def check_output_path(path: str | Path, overwrite: bool, suffix: str | None = None) -> Path:
+    """Reject an existing output unless `overwrite`, a missing folder, and a name without `suffix` if given."""
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"output {str(path)!r} is a directory; give a file name such as result.nc")
+    if suffix is not None and path.suffix.lower() != suffix:
+        written = {".nc": "a NetCDF file"}.get(suffix, f"a {suffix} file")
+        raise OutputError(
+            f"output {str(path)!r} does not end in {suffix}, but the command writes {written}; "
+            f"name it {str(path.with_suffix(suffix))!r}"
+        )
     if path.exists() and not overwrite:
         raise OutputError(f"output {str(path)!r} exists already; choose another path or pass --overwrite")
     parent = path.parent if str(path.parent) else Path(".")
@@ -82,6 +89,7 @@ def write_dataset(dataset: xr.Dataset, path: str | Path, overwrite: bool = False
     os.close(fd)
     try:
         clean.to_netcdf(tmp, engine="h5netcdf")
+        publish_file(tmp)
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)

@@ -280,7 +280,7 @@ def sample(
     t_min = process.default_t_min if settings.t_min is None else float(settings.t_min)
     t_max = process.default_t_max if settings.t_max is None else float(settings.t_max)
     process.check_time_range(t_min, t_max)
-    model.check_sigma_range(float(process.sigma_tilde(t_min)), float(process.sigma_tilde(t_max)), "sampling")
+    model.check_time_range(process, t_min, t_max, "the time range of sampling")
     prior = resolve_prior(process, t_max, model.dim, second_moment)
     sample_labels = resolve_labels(model, n, labels)
     model.to(settings.device)
@@ -339,6 +339,7 @@ def save_samples(result: SampleResult, path, overwrite: bool = False, extra: Opt
     import tempfile
     from pathlib import Path
 
+    from .filemodes import publish_file
     from .results import check_output_path
 
     path = check_output_path(path, overwrite)
@@ -354,6 +355,7 @@ def save_samples(result: SampleResult, path, overwrite: bool = False, extra: Opt
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -88,11 +88,18 @@ CASES = [
     case("data-folder-is-file", M + ("{w}/gmm2", "--data", "mnist-idx:dir={w}/afile") + OUT, ("{w}/afile", "is a file", "directory"), R),
     case("missing-data-file", M + ("{w}/gmm2", "--data", "npz:path={w}/missing.npz") + OUT, ("{w}/missing.npz", "not found"), R),
     case("scheduler-config-for-oracle", M + ("{w}/gmm2", "--scheduler-config", "{w}/missing.json") + OUT, ("--scheduler-config", "{w}/gmm2", "leave it out"), R),
+    case("scheduler-config-for-network", M + ("{w}/net", "--scheduler-config", "{w}/missing.json") + OUT, ("--scheduler-config", "{w}/net", "leave it out"), R),
+    case("revision-for-shipped-model", M + ("mnist-unet-vp", "--revision", "abc") + OUT, ("--revision abc", "'mnist-unet-vp'", "leave --revision out"), R),
+    case("revision-for-local-folder", M + ("{w}/diffusers", "--revision", "abc") + OUT, ("--revision abc", "{w}/diffusers", "local folder", "leave --revision out"), R),
     # --- checkpoint contents ------------------------------------------------------------------
     case("corrupted-weights", M + ("{w}/corrupt",) + OUT, ("{w}/corrupt/model.safetensors", "corrupted"), R),
     case("truncated-weights", M + ("{w}/truncated",) + OUT, ("{w}/truncated/model.safetensors", "truncated"), R),
     case("swapped-weights", M + ("{w}/swapped",) + OUT, ("{w}/swapped/model.safetensors", "SHA-256", "restore"), R),
-    case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON"), R),
+    case("config-invalid-json", M + ("{w}/badjson",) + OUT, ("{w}/badjson/config.json", "not valid JSON", "line 1, column 28", "fix its syntax"), R),
+    case("config-missing-kind", M + ("{w}/nokind",) + OUT, ("{w}/nokind/config.json", "lacks the key 'kind'", "'oracle' or 'network'"), R),
+    case("config-unknown-kind", M + ("{w}/otherkind",) + OUT, ("{w}/otherkind/config.json", "kind 'vae'", "upgrade entropy-probe"), R),
+    case("config-without-format", M + ("{w}/noformat",) + OUT, ("{w}/noformat/config.json", "'format'", "'_class_name'", "--adapter"), R),
+    case("training-state-as-model", M + ("{w}/net/train-state",) + OUT, ("{w}/net/train-state", "training state", "epoch-NNNN"), R),
     case("config-missing-key", M + ("{w}/nokey",) + OUT, ("{w}/nokey", "lacks the key 'architecture'", "restore the config.json"), R),
     case("config-wrong-type", M + ("{w}/wrongtype",) + OUT, ("{w}/wrongtype", "'network' must be dict", "[8, 8]"), R),
     case("config-newer-format", M + ("{w}/newer",) + OUT, ("{w}/newer", "format version 99", "upgrade entropy-probe"), R),
@@ -106,6 +113,10 @@ CASES = [
     case("empty-dataset", M + ("{w}/gmm2", "--data", "npz:path={w}/empty.npz") + OUT, ("{w}/empty.npz", "empty", "at least one item"), R),
     case("non-finite-data", M + ("{w}/gmm2", "--data", "npz:path={w}/nan.npz") + OUT, ("{w}/nan.npz", "non-finite", "item 1"), R),
     case("n_c-above-class-size", ("train", "--data", "digits:n_c=1000", "--out", "{w}/run-nc"), ("n_c=1000",), "{w}/run-nc"),
+    case("n_c-zero", ("train", "--data", "digits:n_c=0", "--out", "{w}/{n}"), ("n_c=0", ">= 1", "leave n_c out"), "{w}/{n}"),
+    case("n_c-negative", ("train", "--data", "digits:n_c=-2", "--out", "{w}/{n}"), ("n_c=-2", ">= 1"), "{w}/{n}"),
+    case("gmm-n-negative", M + ("{w}/gmm2", "--data", "gmm:dim=2,n=-5") + OUT, ("n=-5", ">= 1", "leave n out"), R),
+    case("gmm-n-zero", ("train", "--data", "gmm:dim=2,n=0", "--out", "{w}/{n}"), ("n=0", ">= 1"), "{w}/{n}"),
     case("unknown-data-source", M + ("{w}/gmm2", "--data", "imagenet") + OUT, ("'imagenet'",), R),
     case("reference-of-other-shape", M + ("{w}/gmm2", "--reference", "{w}/gauss3") + OUT, ("(3,)", "(2,)"), R),
     # --- process and time range ----------------------------------------------------------------
@@ -117,12 +128,14 @@ CASES = [
     case("t-min-negative", M + ("{w}/gmm2", "--t-min", "-0.1") + OUT, ("t_min=-0.1",), R),
     case("t-min-above-t-max", M + ("{w}/gmm2", "--t-min", "0.5", "--t-max", "0.2") + OUT, ("T=0.2", "--t-max"), R),
     case("t-max-beyond-sl", M + ("{w}/gmm2", "--process", "sl", "--t-max", "1") + OUT, ("T=1.0",), R),
-    case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("σ/α", "valid only from", "--t-min"), R),
+    case("sigma-outside-model", M + ("{w}/net", "--t-min", "1e-9") + OUT, ("t from 1e-09 to", "valid only for t from", "(σ/α from", "or larger"), R),
     # --- counts ----------------------------------------------------------------------------
     case("samples-zero", M + ("{w}/gmm2", "--samples", "0") + OUT, ("samples 0", "--samples"), R),
     case("samples-negative", M + ("{w}/gmm2", "--samples", "-4") + OUT, ("samples -4",), R),
     case("nodes-zero", M + ("{w}/gmm2", "--nodes", "0") + OUT, ("nodes 0", "--nodes"), R),
     case("strata-zero", M + ("{w}/gmm2", "--strata", "0") + OUT, ("strata 0", "--strata"), R),
+    case("strata-too-many", M + ("{w}/gmm2", "--strata", "100000000") + OUT, ("strata 100000000", "<= 1048576", "--strata 64"), R),
+    case("nodes-too-many", M + ("{w}/gmm2", "--nodes", "100000001") + OUT, ("nodes 100000001", "<= 1048576", "--nodes 65"), R),
     case("batch-size-zero", M + ("{w}/gmm2", "--batch-size", "0") + OUT, ("0", "batch size"), R),
     case("target-stderr-above-one", M + ("{w}/gmm2", "--target-stderr", "2") + OUT, ("2.0", "--target-stderr"), R),
     case("sample-count-zero", ("sample", "{w}/gmm2", "-n", "0", "--out", "{w}/s.npz"), ("-n", "0"), "{w}/s.npz"),
@@ -142,6 +155,8 @@ CASES = [
     case("oracle-out-refuses-files", ("oracle", "gaussian", "--out", "/proc/{n}"), ("'/proc'", "--out"), "/proc/{n}"),
     case("output-exists", M + ("{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
     case("output-is-directory", M + ("{w}/gmm2", "--out", "{w}/adir"), ("{w}/adir", "directory"), ()),
+    case("output-not-netcdf", M + ("{w}/gmm2", "--out", "{w}/{n}.txt"), ("{w}/{n}.txt", "does not end in .nc", "'{w}/{n}.nc'"), ("{w}/{n}.txt", R)),
+    case("compare-output-not-netcdf", ("compare", "{w}/gmm2", "--process", "vp", "--out", "{w}/{n}.txt"), ("{w}/{n}.txt", ".nc"), "{w}/{n}.txt"),
     case("plot-output-exists", M + ("{w}/gmm2", "--plot", "{w}/exists.png") + OUT, ("{w}/exists.png", "--overwrite"), R),
     case("train-out-is-file", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/afile"), ("{w}/afile", "is a file"), ()),
     case("train-out-unwritable", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/ro/run"), ("{w}/ro", "run"), "{w}/ro/run", needs_permissions=True),
@@ -171,6 +186,9 @@ CASES = [
     case("compare-bad-process", ("compare", "{w}/gmm2", "--process", "vp", "--process", "nope", "--out", "{w}/c.nc"), ("'nope'",), "{w}/c.nc"),
     case("audit-infinite-train-set", ("audit", "{w}/gmm2", "--train", "gmm:dim=2", "--heldout", "gmm:dim=2", "--out", "{w}/a.nc"), ("gmm:dim=2", "n="), "{w}/a.nc"),
     case("export-non-unet", ("export", "{w}/net", "--out", "{w}/exported"), ("{w}/net", "U-Net"), "{w}/exported"),
+    case("export-out-unwritable", ("export", "{w}/unet", "--out", "{w}/ro/exported"), ("{w}/ro", "not writable", "--out"), "{w}/ro/exported", needs_permissions=True),
+    case("export-out-refuses-files", ("export", "{w}/unet", "--out", "/proc/{n}"), ("cannot write '/proc/{n}'", "--out"), "/proc/{n}"),
+    case("export-hub-id", ("export", "google/ddpm-cifar10-32", "--out", "{w}/{n}"), ("'google/ddpm-cifar10-32'", "needs no export", "entropy-probe train"), "{w}/{n}"),
     case("train-resume-other-settings", ("train", "--resume", "--lr", "0.5", "--out", "{w}/net"), ("lr=0.5", "--resume"), ()),
     case("train-missing-data", ("train", "--out", "{w}/run0"), ("--data",), "{w}/run0"),
 ]
@@ -249,6 +267,11 @@ def build_workspace(root: Path) -> None:
     shutil.copyfile(root / "gauss3" / "model.safetensors", root / "swapped" / "model.safetensors")
     shutil.copytree(root / "gmm2", root / "badjson")
     (root / "badjson" / "config.json").write_text('{"format": "entropy-probe",')
+    for name in ("nokind", "otherkind", "noformat"):
+        shutil.copytree(root / "gmm2", root / name)
+    _edit_config(root / "nokind", lambda c: c.pop("kind"))
+    _edit_config(root / "otherkind", lambda c: c.update(kind="vae"))
+    _edit_config(root / "noformat", lambda c: c.pop("format"))
     shutil.copytree(root / "gmm2", root / "oraclebad")
     _edit_config(root / "oraclebad", lambda c: c.update(data_shape="two"))
 
@@ -274,6 +297,9 @@ def build_workspace(root: Path) -> None:
     np.savez(root / "objects.npz", weights=np.array([{"a": 1}], dtype=object), means=np.zeros((1, 2)), stds=np.ones((1, 2)))
 
     shutil.copytree(_shipped("mnist-unet-vp"), root / "unet")
+    from entropy_probe.export import export_checkpoint
+
+    export_checkpoint(root / "unet", root / "diffusers")
 
     recipe = {
         "schema_version": 1, "name": "my-recipe", "kind": "recipe", "title": "A recipe",

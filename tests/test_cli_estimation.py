@@ -47,3 +47,35 @@ def test_invalid_estimation_options(cli_run, mixture_dir, tmp_path, args, fragme
     assert len(errors) == 1, done.stderr
     assert fragment in errors[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, kept, dropped",
+    [
+        (["--strata", "4"], {"estimator": "importance", "strata": 4, "proposal": "gaussian", "defensive": 0.1}, ("nodes", "rule", "pilot_samples")),
+        (["--strata", "4", "--proposal", "log-snr"], {"strata": 4, "proposal": "log-snr"}, ("nodes", "rule", "pilot_samples", "defensive")),
+        (["--nodes", "5"], {"estimator": "grid", "nodes": 5, "rule": "simpson"}, ("strata", "proposal", "defensive", "pilot_samples")),
+    ],
+    ids=["importance", "importance-log-snr", "grid"],
+)
+def test_records_only_settings_of_estimator_run(cli_run, mixture_dir, tmp_path, args, kept, dropped):
+    out = tmp_path / "r.nc"
+    done = cli_run("measure", str(mixture_dir), "--samples", "4", *args, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    attrs = read_dataset(out).attrs
+    settings = json.loads(attrs["settings"])
+    options = json.loads((tmp_path / "r.options.json").read_text())["options"]
+
+    for name, value in kept.items():
+        assert settings[name] == value, name
+        assert options[name] == value, name
+    for name in dropped:
+        assert name not in settings, name
+        assert name not in options, name
+    if settings["estimator"] == "importance":
+        assert attrs["strata"] == 4
+        assert "nodes" not in attrs
+        assert "quadrature_rule" not in attrs
+    else:
+        assert attrs["nodes"] == 5
+        assert attrs["quadrature_rule"] == "simpson"

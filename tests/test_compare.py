@@ -149,3 +149,25 @@ def test_command_line(tmp_path, gaussian, cli_run):
         "error: process 'vp' is given twice (also as 'vp'); give each process once"
     ]
     assert not (tmp_path / "d.nc").exists()
+
+
+def test_command_line_estimator_like_measure(tmp_path, gaussian, cli_run):
+    from entropy_probe.results import read_dataset
+
+    checkpoint = tmp_path / "gauss"
+    save_oracle(GaussianOracle(*gaussian), checkpoint)
+    common = ("--samples", "8", "--strata", "4", "--no-progress")
+    compared = cli_run("compare", str(checkpoint), "--process", "vp", "--process", "sl:sigma0=0.1", *common, "--out", str(tmp_path / "c.nc"))
+    assert compared.returncode == 0, compared.stderr
+    measured = cli_run("measure", str(checkpoint), "--process", "vp", *common, "--out", str(tmp_path / "m.nc"))
+    assert measured.returncode == 0, measured.stderr
+
+    comparison, single = read_dataset(tmp_path / "c.nc"), read_dataset(tmp_path / "m.nc")
+    assert comparison.attrs["estimator"] == "importance"
+    assert comparison.attrs["strata"] == 4
+    assert "4 strata of the gaussian proposal" in compared.stdout
+    assert "uniform number" in comparison.attrs["common_random_numbers"]
+    # Without --estimator both commands sample by importance, and equal options give equal numbers.
+    vp = comparison.sel(process="vp:beta_min=0.1,beta_max=16.0")
+    assert float(vp["s_nn"]) == float(single["s_nn"])
+    assert float(vp["s_nn_stderr"]) == float(single["s_nn_stderr"])

@@ -310,7 +310,7 @@ def test_cli_measure_pipeline(cli_setup, cli_run):
 @pytest.mark.parametrize(
     "case, extra, message",
     [
-        ("pipe", ["--process", "ve:sigma_min=0.001,sigma_max=10"], "covers only"),
+        ("pipe", ["--process", "ve:sigma_min=0.001,sigma_max=10"], "valid only for t from"),
         ("unknown_prediction", [], "unknown prediction_type 'flow'"),
         ("steps_mismatch", [], "num_train_timesteps=500"),
         ("pipe", ["--data", "gaussian:dim=4"], "shape"),

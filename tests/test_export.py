@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +125,22 @@ def test_export_command_line(runs, tmp_path, cli_run):
     assert [line for line in again.stderr.splitlines() if line.startswith("error:")][0].endswith("have a diffusers model class to export to")
     assert "Traceback" not in again.stderr
     assert not (tmp_path / "mlp-export").exists()
+
+
+def test_export_catalog_name_like_measure(tmp_path):
+    from entropy_probe.catalog import resolve_catalog_name
+    from entropy_probe.filemodes import process_umask
+
+    old = os.umask(0o022)
+    process_umask.cache_clear()
+    try:
+        out = export_checkpoint("mnist-unet-vp", tmp_path / "catalog-export")
+    finally:
+        os.umask(old)
+        process_umask.cache_clear()
+
+    source = json.loads((out / "entropy_probe.json").read_text())["source"]["path"]
+    assert Path(source) == resolve_catalog_name("mnist-unet-vp").resolve()
+    # Group and others can read the folder, as with files that open and mkdir create under umask 022.
+    for path in [out, *out.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path

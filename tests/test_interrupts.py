@@ -234,6 +234,10 @@ def test_interrupted_training_resumes_to_identical_weights(adapters, tmp_path):
     assert "train-state" in line
     epoch = json.loads((out / "train-state" / "config.json").read_text())["epoch"]
     assert 1 <= epoch < 300
+    # The options are recorded when training starts, so the interrupted folder has them too.
+    started = json.loads((out / "options.json").read_text())
+    assert started["command"] == "train"
+    assert started["options"]["out"] == str(out)
 
     resumed = subprocess.run(command + ["--resume"], env=_env(adapters), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr

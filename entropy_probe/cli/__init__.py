@@ -19,8 +19,53 @@ from ..errors import UserError
 logger = logging.getLogger("entropy_probe")
 
 
+def apply_verbosity(ctx: click.Context, quiet: bool, verbose: int) -> None:
+    """Set the log level: warnings and errors by default, errors only with -q, info with -v, debug with -vv."""
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    if verbose:
+        level = logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("entropy_probe").setLevel(level)
+    logging.getLogger("matplotlib").setLevel(max(level, logging.WARNING))
+    ctx.ensure_object(dict)
+    ctx.obj["quiet"] = quiet
+    if quiet:
+        os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
+
+
+def _verbosity_options() -> list[click.Option]:
+    """Return -q and -v for a subcommand; given there, they replace those given before the subcommand."""
+
+    def quiet_given(ctx, param, value):
+        if value:
+            apply_verbosity(ctx, True, 0)
+
+    def verbose_given(ctx, param, value):
+        if value:
+            apply_verbosity(ctx, False, value)
+
+    return [
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet_given, help="Print only results and errors; no progress bars."),
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=verbose_given, help="Log progress messages (-v) or debug messages (-vv)."),
+    ]
+
+
+class ProbeCommand(click.Command):
+    """Click command that also accepts -q and -v after its name."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_verbosity_options())
+
+
 class ProbeGroup(click.Group):
     """Click group that turns UserError into one line and an exit status."""
+
+    command_class = ProbeCommand
+    # Subgroups (oracle, catalog) are ProbeGroups too, so their commands accept -q and -v as well.
+    group_class = type
 
     def invoke(self, ctx: click.Context):
         try:
@@ -41,9 +86,9 @@ class ProbeGroup(click.Group):
 @click.version_option(__version__, prog_name="entropy-probe")
 @click.option("--debug", is_flag=True, envvar="ENTROPY_PROBE_DEBUG", help="Show tracebacks of errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only results and errors; no progress bars.")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.option("-v", "--verbose", count=True, help="Log progress messages (-v) or debug messages (-vv); by default only warnings and errors.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: int) -> None:
     """Measure the neural entropy of diffusion models.
 
     \b
@@ -53,17 +98,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
       entropy-probe measure gmm3 --process sl:sigma0=0.1 --out gmm3_sl.nc
     """
     ctx.ensure_object(dict)
-    ctx.obj.update(debug=debug, quiet=quiet)
-    level = logging.INFO
-    if quiet:
-        level = logging.WARNING
-    if verbose:
-        level = logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("entropy_probe").setLevel(level)
-    logging.getLogger("matplotlib").setLevel(max(level, logging.WARNING))
-    if quiet:
-        os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
+    ctx.obj.update(debug=debug)
+    apply_verbosity(ctx, quiet, verbose)
 
 
 def register_commands() -> None:

@@ -62,7 +62,7 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
         device=check_device(device), progress=progress_enabled(ctx, progress), thresholds=AuditThresholds(copy_ratio=copy_ratio),
     )
     settings.validate()
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, suffix=".nc")
     if report_path:
         check_output_path(report_path, overwrite)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 
 import click
 
@@ -76,7 +75,7 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
         device=run.device, progress=progress_enabled(ctx, progress), **settings_fields(samples, estimation, ctx),
     )
     settings.validate()
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, suffix=".nc")
     if plot_path:
         check_output_path(plot_path, overwrite)
     state = measure_state.state_path(out)
@@ -121,7 +120,7 @@ def _measure(
         "process": process.spec,
         "data": data.spec,
         "reference": reference_dir or ("data law" if reference is not None else None),
-        **asdict(settings),
+        **settings.record(),
         "t_min": resolved_t_min,
         "t_max": resolved_t_max,
         "out": out,

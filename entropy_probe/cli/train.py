@@ -148,14 +148,19 @@ def train_command(ctx, **options):
 
     if not options["resume"] and not settings.data:
         raise click.UsageError("missing --data SPEC (for example --data digits:n_c=10)")
+    def record_options(trainer) -> None:
+        # Written before the first step, so an interrupted run folder records how it was started.
+        save_options(out, "train", {**options, "resolved": trainer.settings.record()})
+
     with interrupts.catch_signals():
         try:
-            trainer = train(settings, out, resume=options["resume"], overwrite=options["overwrite"], explicit=explicit)
+            trainer = train(
+                settings, out, resume=options["resume"], overwrite=options["overwrite"], explicit=explicit, on_start=record_options,
+            )
         except KeyboardInterrupt:
             raise _interrupted(out) from None
     if not run.is_main:
         return
-    save_options(out, "train", {**options, "resolved": trainer.settings.record()})
     last = trainer.history[-1] if trainer.history else None
     if last is not None:
         click.echo(f"epoch {last['epoch']}: loss {last['loss']:.6g} ({trainer.settings.weighting} weighting)")

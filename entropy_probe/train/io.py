@@ -36,6 +36,7 @@ from ..checkpoint import (
     write_checkpoint,
 )
 from ..errors import CheckpointError, OutputError
+from ..filemodes import publish_file
 from ..processes import from_spec as process_from_spec
 from .networks import ARCHITECTURES, ExcessScoreNetwork, Preconditioning, build_core
 
@@ -60,6 +61,7 @@ def save_network_checkpoint(out: Path, epoch: int, config: dict[str, Any], tenso
         os.close(fd)
         try:
             shutil.copyfile(epoch_dir / name, tmp)
+            publish_file(tmp)
             os.replace(tmp, out / name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -172,6 +174,7 @@ def write_loss_log(out: Path, history: list[dict[str, Any]]) -> None:
         with os.fdopen(fd, "w") as handle:
             for entry in history:
                 handle.write(json.dumps(entry) + "\n")
+        publish_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -508,13 +508,15 @@ def train(
     explicit: Optional[set[str]] = None,
     on_step: Optional[Callable[[int, int], None]] = None,
     on_epoch: Optional[Callable[[dict[str, Any]], None]] = None,
+    on_start: Optional[Callable[["Trainer"], None]] = None,
 ) -> Trainer:
     """Train a network into the run directory `out`; return the finished trainer.
 
     With `resume`, continue the run saved in `out`, or start one when `out` has no saved state
     yet. The saved settings win: only epochs, save_epochs, device and progress may change, and
     only the fields in `explicit` (all when None) are compared with the saved ones. `on_step(epoch, step_in_epoch)` runs after every optimizer
-    step and `on_epoch(entry)` after every saved epoch.
+    step and `on_epoch(entry)` after every saved epoch. `on_start(trainer)` runs in the main
+    process once `out` exists, before the first step.
     """
     out = Path(out)
     state_dir, replace = io.check_output(out, resume, overwrite)
@@ -537,6 +539,8 @@ def train(
         with distributed.main_process_only() as main_process:
             if main_process:
                 io.create_output(out, replace)
+    if on_start is not None and trainer.context.is_main:
+        on_start(trainer)
 
     s = trainer.settings
     checkpoint_epochs = s.checkpoint_epochs()

@@ -1,0 +1,62 @@
+"""Estimates printed to the precision their standard error supports, in aligned columns."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from entropy_probe.formatting import format_estimate, format_rows, format_step
+
+
+@pytest.mark.parametrize(
+    "value, stderr, expected",
+    [
+        (143.4172, 0.83, "143.42 ± 0.83"),
+        (2644.3668, 210.0, "2640 ± 210"),
+        (-1823.04, 1.7, "-1823.0 ± 1.7"),
+        (4.64013, 0.0031, "4.6401 ± 0.0031"),
+        (28.59, 0.045, "28.590 ± 0.045"),
+        (0.0996, 0.0996, "0.10 ± 0.10"),
+        (12345678.0, 4000.0, "(1.23457 ± 0.00040)e+07"),
+        (3e-6, 1e-7, "(3.00 ± 0.10)e-06"),
+        (169.94, None, "169.9"),
+        (5.0, 0.0, "5 ± 0"),
+        (math.nan, 1.0, "nan"),
+    ],
+)
+def test_format_estimate(value, stderr, expected):
+    assert format_estimate(value, stderr) == expected
+
+
+def test_format_rows_aligns_columns():
+    lines = format_rows([["S_NN", "1.0 ± 0.1", "nats"], ["thermodynamic length", "28.590 ± 0.045", "data units"]])
+    assert lines[0].index("1.0") == lines[1].index("28.590")
+    assert lines[0].index("nats") == lines[1].index("data units")
+
+
+def test_format_step_as_fraction():
+    assert format_step(1 / 255) == "1/255"
+    assert format_step(2 / 255) == "2/255"
+    assert format_step(0.3) == "0.3"
+
+
+def test_measure_summary_units_and_columns():
+    from entropy_probe.data import oracle_source
+    from entropy_probe.oracles import GaussianOracle
+    from entropy_probe.probe import MeasureSettings, measure, summarize
+    from entropy_probe.processes import from_spec
+
+    oracle = GaussianOracle(np.array([0.5, -0.2]), np.array([0.8, 1.2]))
+    result = measure(oracle, from_spec("vp"), oracle_source(oracle, "g"), MeasureSettings(samples=16, nodes=9, progress=False), reference=oracle)
+    lines = summarize(result).splitlines()
+    rows = {line.strip().split("  ")[0]: line for line in lines[lines.index("") + 1:]}
+
+    assert "data units" in rows["thermodynamic length"]
+    assert "nats (speed limit" in rows["S_tot lower bound"]
+    assert "bits/dim (continuous data)" in rows["cross-entropy bound"]
+    assert "nats under the continuous density" in rows["as a density"]
+    s_tot = format_estimate(float(result["s_tot"]), float(result["s_tot_stderr"]))
+    s_nn = format_estimate(float(result["s_nn"]), float(result["s_nn_stderr"]))
+    assert rows["S_tot (exact law)"].index(s_tot) == rows["S_NN"].index(s_nn)
