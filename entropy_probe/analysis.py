@@ -211,8 +211,9 @@ class GrowthComparison:
 
     @property
     def preferred(self) -> str:
+        """'log law', 'power law', or 'neither' when |ΔAIC| < 2."""
         if abs(self.delta_aic) < 2:
-            return "neither (|ΔAIC| < 2)"
+            return "neither"
         return "log law" if self.delta_aic > 0 else "power law"
 
 
@@ -231,7 +232,8 @@ def format_growth(comparison: GrowthComparison, confidence: float = 0.95) -> lis
         f"b = {log.value('b'):.4g} nats ({confidence:.0%} interval {low:.4g} to {high:.4g}); RSS {log.rss_unweighted:.4g} nats², AIC {log.aic:.4g}",
         f"  power law S_NN = c N^p:    c = {power.value('c'):.4g}, p = {power.value('p'):.4g} ± {power.stderr('p'):.2g}; "
         f"RSS {power.rss_unweighted:.4g} nats², AIC {power.aic:.4g}",
-        f"  ΔAIC = AIC(power) − AIC(log) = {comparison.delta_aic:.3g}: {comparison.preferred} preferred",
+        f"  ΔAIC = AIC(power) − AIC(log) = {comparison.delta_aic:.3g}: "
+        + ("no clear preference (|ΔAIC| < 2)" if comparison.preferred == "neither" else f"the {comparison.preferred} is preferred"),
         f"  fit: {log.method}; {comparison.weighting.reason}; {log.n} points",
     ]
 

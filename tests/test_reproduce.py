@@ -207,12 +207,9 @@ def test_missing_measurement_is_nan(gmm_sweep, tmp_path):
     assert json.loads(dataset.attrs["items_missing"]) == [plan.items[2].name]
 
 
-def test_plot_command_redraws(gmm_sweep, tmp_path):
+def test_plot_command_single_and_invalid(gmm_sweep, tmp_path):
     out, plan, _, _, _, _ = gmm_sweep
     runner = CliRunner()
-    result = runner.invoke(cli, ["plot", str(out / COMBINED_FILE), "--out", str(tmp_path / "figs")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "figs" / "s_nn_vs_epoch.png").stat().st_size > 10_000
     single = item_directory(out, plan.items[0]) / epoch_file_name(2)
     result = runner.invoke(cli, ["plot", str(single), "--out", str(tmp_path / "rate.png")])
     assert result.exit_code == 0, result.output
@@ -252,12 +249,21 @@ def write_cifar_directory(path: Path) -> Path:
 def test_cifar_tiny(tmp_path):
     data_dir = write_cifar_directory(tmp_path / "cifar-10-batches-py")
     plan = load_plan("paper-cifar10-unet-vp", "tiny", {"data_dir": str(data_dir)})
-    dataset, _ = reproduce(plan, tmp_path / "cifar")
+    dataset, _ = reproduce(plan, tmp_path / "cifar", figures=False)
     assert dataset.attrs["variables"] == json.dumps({"data_dir": str(data_dir)})
     assert list(dataset["process"].values) == ["vp"]
     assert not np.isnan(dataset["s_nn"].values).any()
     np.testing.assert_array_equal(dataset["generated_labels"].squeeze().values, [[0, 1], [0, 1]])
-    assert (tmp_path / "cifar" / "figures" / "s_nn_vs_n.png").is_file()
+    assert not (tmp_path / "cifar" / "figures").exists()
+
+    # The plot command draws the figures of the saved combined Dataset.
+    figures = tmp_path / "cifar-figures"
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "cifar" / COMBINED_FILE), "--out", str(figures)])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in figures.glob("*.png")) == ["rates.png", "s_nn_vs_n.png", "samples_vp.png", "training.png"]
+    result = CliRunner().invoke(cli, ["plot", str(tmp_path / "cifar" / COMBINED_FILE), "--out", str(figures)])
+    assert result.exit_code != 0
+    assert "--overwrite" in result.output
 
 
 # --- the command line -------------------------------------------------------------------------
