@@ -63,6 +63,20 @@ class BuiltinNetwork(Denoiser):
         self.network.to(self.device)
         return self
 
+    def prepare(self, *, channels_last: bool = False, compile: bool = False, cuda_graphs: bool = False) -> list[str]:
+        """Apply the throughput options to the core network only.
+
+        The wrapper around the core computes the process coefficients in NumPy, which
+        torch.compile cannot trace, so only the core is compiled.
+        """
+        from ..evaluation import prepare_module
+
+        if getattr(self, "_compiled", False):
+            compile = cuda_graphs = False
+        self.network.core = prepare_module(self.network.core, channels_last=channels_last, compile_model=compile, cuda_graphs=cuda_graphs)
+        self._compiled = getattr(self, "_compiled", False) or compile or cuda_graphs
+        return []
+
     def excess_score(self, x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """e_θ(x, t) at native times t (B,) of the training process, as float64."""
         labels = self._labels(labels, x.shape[0])

@@ -14,8 +14,11 @@ Kinds:
   `image` (`channels`, `size`, `pixel_range`, `quantization_step`). The entry resolves to the
   snapshot in the local Hugging Face cache; nothing is downloaded.
 - `shipped`: a checkpoint stored inside the catalog. `path` (a folder relative to the catalog
-  folder), and optionally `process`, `data`, `size` and `recorded` (reference numbers such as
-  a recorded S_NN with its settings).
+  folder) and optionally `process`, `data` and `size` (`architecture`, `parameters`,
+  `weights_dtype`, `bytes`). Optional `files` holds the SHA-256 and size of every file.
+  Optional `recorded` holds reference numbers, such as S_NN with its standard error, and the
+  settings that produced them. Optional `provenance` holds the training command, seed,
+  epochs, wall time and machine.
 - `recipe`: an experiment without weights. `recipe` (data, process, architecture, training and
   evaluation settings), optionally `reported` (the published numbers) and `reproduce` (the
   settings that `entropy-probe reproduce` runs, with named scales; see `entropy_probe.recipes`).
@@ -167,6 +170,7 @@ def validate_entry(fields: dict[str, Any], file: Path) -> None:
         path = _require(fields, "path", str, file)
         if Path(path).is_absolute() or ".." in Path(path).parts:
             raise CatalogError(f"catalog file {str(file)!r}: path {path!r} must be relative and stay inside the catalog folder")
+        _validate_shipped_record(fields, file)
     else:
         _require(fields, "recipe", dict, file)
         if "reproduce" in fields:
@@ -174,6 +178,28 @@ def validate_entry(fields: dict[str, Any], file: Path) -> None:
             scales = reproduce.get("scales")
             if not isinstance(scales, dict) or not scales or not all(isinstance(v, dict) for v in scales.values()):
                 raise CatalogError(f"catalog file {str(file)!r}: reproduce.scales must be an object of named scales")
+
+
+def _validate_shipped_record(fields: dict[str, Any], file: Path) -> None:
+    """Check the optional `files` and `recorded` fields of a shipped entry."""
+    files = fields.get("files", {})
+    if not isinstance(files, dict):
+        raise CatalogError(f"catalog file {str(file)!r}: files must map file names to their sha256 and bytes")
+    for file_name, facts in files.items():
+        digest = facts.get("sha256") if isinstance(facts, dict) else None
+        if not (isinstance(digest, str) and len(digest) == 64) or "/" in file_name or file_name.startswith("."):
+            raise CatalogError(f"catalog file {str(file)!r}: files.{file_name} needs a 64-digit sha256 and a plain file name")
+    recorded = fields.get("recorded")
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise CatalogError(f"catalog file {str(file)!r}: recorded must be an object")
+    for key in ("s_nn", "s_nn_stderr"):
+        value = recorded.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CatalogError(f"catalog file {str(file)!r}: recorded.{key} must be a number, not {value!r}")
+    if not isinstance(recorded.get("settings"), dict):
+        raise CatalogError(f"catalog file {str(file)!r}: recorded.settings must hold the measurement settings")
 
 
 def get_entry(name: str) -> CatalogEntry:
@@ -239,12 +265,45 @@ def entry_status(entry: CatalogEntry) -> str:
 
 # --- text for the command line ----------------------------------------------------------------
 
+#: Maximum length of a process spec printed in full in listings; longer ones print as NAME:...
+LISTING_PROCESS_WIDTH = 32
+
+
+def entry_bytes(entry: CatalogEntry) -> Optional[int]:
+    """Return the recorded size of a shipped entry's files in bytes, or None when it records none."""
+    size = entry.fields.get("size")
+    if isinstance(size, dict) and isinstance(size.get("bytes"), int):
+        return size["bytes"]
+    return None
+
+
+def entry_size(entry: CatalogEntry) -> str:
+    size = entry_bytes(entry)
+    return "-" if size is None else f"{size / 1e6:.1f} MB"
+
+
+def entry_process(entry: CatalogEntry) -> str:
+    spec = entry.fields.get("process")
+    if not isinstance(spec, str):
+        return "-"
+    return spec if len(spec) <= LISTING_PROCESS_WIDTH else spec.split(":", 1)[0] + ":..."
+
+
+def recorded_s_nn(entry: CatalogEntry) -> str:
+    """Return the recorded S_NN as "value ± stderr" in nats, or "-" when the entry records none."""
+    recorded = entry.fields.get("recorded")
+    if not isinstance(recorded, dict) or "s_nn" not in recorded:
+        return "-"
+    return f"{recorded['s_nn']:.5g} ± {recorded['s_nn_stderr']:.2g}"
+
+
 def format_listing(entries: dict[str, CatalogEntry]) -> str:
-    rows = [("name", "kind", "status", "title")]
-    rows += [(e.name, e.kind, entry_status(e), e.title) for e in sorted(entries.values(), key=lambda e: (KINDS.index(e.kind), e.name))]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    rows = [("name", "kind", "status", "size", "process", "S_NN [nats]", "title")]
+    for e in sorted(entries.values(), key=lambda e: (KINDS.index(e.kind), e.name)):
+        rows.append((e.name, e.kind, entry_status(e), entry_size(e), entry_process(e), recorded_s_nn(e), e.title))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(text.ljust(width) for text, width in zip(row[:3], widths)) + "  " + row[3] for row in rows
+        "  ".join(text.ljust(width) for text, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows
     )
 
 
@@ -262,6 +321,7 @@ def format_entry(entry: CatalogEntry) -> str:
             lines.append(f"weights: {entry_path(entry)}")
         except CatalogError as error:
             lines.append(f"weights: {error}")
+        lines += format_shipped_record(entry)
     else:
         lines.append("weights: none (a recipe to train)")
         scales = entry.fields.get("reproduce", {}).get("scales")
@@ -269,3 +329,38 @@ def format_entry(entry: CatalogEntry) -> str:
             lines.append(f"reproduce: entropy-probe reproduce {entry.name} --scale SCALE --out DIR  (scales: {', '.join(scales)})")
     lines += [f"file:    {entry.file}", "", json.dumps(entry.fields, indent=2, ensure_ascii=False)]
     return "\n".join(lines)
+
+
+def format_shipped_record(entry: CatalogEntry) -> list[str]:
+    """Summarise the recorded numbers and the provenance of a shipped entry, one fact per line."""
+    fields = entry.fields
+    lines = []
+    recorded = fields.get("recorded")
+    if isinstance(recorded, dict):
+        settings = recorded.get("settings", {})
+        lines += ["", f"recorded S_NN: {recorded_s_nn(entry)} nats"]
+        if "ce_bound_bpd" in recorded:
+            lines.append(f"recorded cross-entropy bound: {recorded['ce_bound_bpd']:.4f} ± {recorded.get('ce_bound_bpd_stderr', 0.0):.2g} bits/dim")
+        if "s_tot" in recorded:
+            lines.append(f"recorded S_tot (exact law): {recorded['s_tot']:.5g} ± {recorded.get('s_tot_stderr', 0.0):.2g} nats")
+        lines.append(
+            "measured with: " + ", ".join(f"{key} {value}" for key, value in settings.items())
+        )
+        if "command" in recorded:
+            lines.append(f"repeat with: {recorded['command']}")
+    provenance = fields.get("provenance")
+    if isinstance(provenance, dict):
+        machine = provenance.get("machine", {})
+        lines += [
+            "",
+            f"trained with: {provenance.get('train_command', '?')}",
+            f"seed {provenance.get('seed')}, {provenance.get('epochs')} epochs ({provenance.get('steps')} steps), "
+            f"{provenance.get('train_wall_time_seconds')} s wall time",
+            f"machine: {machine.get('cpu', '?')}, {machine.get('cores_available', '?')} cores, torch {machine.get('torch', '?')}",
+            f"entropy-probe {provenance.get('package_version', '?')}, built {provenance.get('built', '?')} by {provenance.get('build_script', '?')}",
+        ]
+    files = fields.get("files")
+    if isinstance(files, dict):
+        lines.append("")
+        lines += [f"{name}: sha256 {facts['sha256']} ({facts.get('bytes', '?')} bytes)" for name, facts in files.items()]
+    return lines

@@ -22,12 +22,14 @@ import xarray as xr
 from . import __version__
 from .data import DataSource
 from .denoiser import Denoiser
+from . import distributed
 from .draws import STREAM_TERMINAL, Draws
 from .errors import DataError, SpecError
-from .estimators import GridEstimator, NodeSums
+from .estimators import NodeSums
 from .field import EntropyMatchingField
 from .processes import Process
 from .quadrature import Grid, make_grid
+from .runner import check_budget, describe_design, make_design, run_rounds, setup_engine
 from .quantities import ce_constant_term, diffusion_integral, gelbrich_w2, mean_square_at, prior_for
 from .results import NATS, RATE
 
@@ -35,32 +37,90 @@ logger = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
 
+ESTIMATORS = ("grid", "importance")
+
+#: Smallest batch of the reference-density draws at t_min and T.
+REFERENCE_BATCH = 4096
+
 
 @dataclass
 class MeasureSettings:
-    """Options of one measurement; defaults are those of `entropy-probe measure`."""
+    """Options of one measurement.
+
+    The defaults are those of `entropy-probe measure` except the estimator: the command uses
+    importance sampling unless --nodes or --rule is given, and this class defaults to the grid,
+    whose nodes and rule other callers set.
+    """
 
     t_min: Optional[float] = None
     t_max: Optional[float] = None
+    #: Samples (units) per cell: per node (grid) or per stratum (importance). With a target
+    #: standard error, those of the pilot round that plans the sampling.
     samples: int = 256
     nodes: int = 65
     seed: int = 0
     rule: str = "simpson"
-    batch_size: int = 256
+    #: Network evaluations per batch, or "auto" to fill `memory_budget_gb`.
+    batch_size: int | str = 256
     #: Draws at t_min and T for the entropy and KL terms that need the reference's density.
     reference_samples: int = 4096
     device: str = "cpu"
     progress: bool = True
+    #: "grid" (quadrature nodes in log σ̃) or "importance" (t drawn from a proposal).
+    estimator: str = "grid"
+    #: Importance sampling: strata of equal proposal probability, the proposal's shape, the
+    #: weight of its uniform-in-log-σ̃ part, and samples per node of the pilot run.
+    strata: int = 64
+    proposal: str = "gaussian"
+    defensive: float = 0.1
+    pilot_samples: int = 8
+    #: Evaluate pairs (x_0, ε) and (x_0, −ε); a pair is one sample.
+    antithetic: bool = False
+    #: Sample in rounds until the relative standard error of S_NN is below this.
+    target_stderr: Optional[float] = None
+    #: Cap on network evaluations (default 10 million with a target, none without).
+    max_evaluations: Optional[int] = None
+    #: Memory for one batch with batch_size "auto" (default: 80 % of free CUDA memory, or 1/8 of RAM).
+    memory_budget_gb: Optional[float] = None
+    precision: str = "fp32"
+    compile: bool = False
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    #: Prepare the draws of the next batch in a background thread.
+    prefetch: bool = True
 
     def validate(self) -> None:
+        from .evaluation import PRECISIONS
+        from .proposals import check_proposal
+
         if self.samples < 2:
             raise SpecError(f"invalid number of samples {self.samples}; it must be >= 2 (for example --samples 256)")
         if self.nodes < 2:
             raise SpecError(f"invalid number of nodes {self.nodes}; it must be >= 2 (for example --nodes 65)")
-        if self.batch_size < 1:
-            raise SpecError(f"invalid batch size {self.batch_size}; it must be >= 1")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, str) or self.batch_size < 1):
+            raise SpecError(f"invalid batch size {self.batch_size!r}; it must be an integer >= 1 or 'auto'")
+        if self.antithetic and self.batch_size != "auto" and self.batch_size < 2:
+            raise SpecError(f"antithetic pairs need a batch size >= 2, got {self.batch_size}")
         if self.reference_samples < 2:
             raise SpecError(f"invalid number of reference samples {self.reference_samples}; it must be >= 2")
+        if self.estimator not in ESTIMATORS:
+            raise SpecError(f"unknown estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+        if self.strata < 1:
+            raise SpecError(f"invalid number of strata {self.strata}; it must be >= 1 (for example --strata 64)")
+        check_proposal(self.proposal, self.defensive)
+        if self.pilot_samples < 2:
+            raise SpecError(f"invalid number of pilot samples {self.pilot_samples}; it must be >= 2")
+        if self.target_stderr is not None and not 0 < self.target_stderr < 1:
+            raise SpecError(
+                f"invalid target standard error {self.target_stderr}; it is relative to S_NN and must be "
+                f"in (0, 1), for example --target-stderr 0.01"
+            )
+        if self.max_evaluations is not None and self.max_evaluations < 1:
+            raise SpecError(f"invalid --max-evaluations {self.max_evaluations}; it must be >= 1")
+        if self.memory_budget_gb is not None and not self.memory_budget_gb > 0:
+            raise SpecError(f"invalid memory budget {self.memory_budget_gb} GB; it must be > 0")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
 def resolve_time_range(process: Process, settings: MeasureSettings) -> tuple[float, float]:
@@ -97,16 +157,29 @@ def measure(
     sums: Optional[NodeSums] = None,
     first_item: int = 0,
     on_batch: Optional[Callable[[NodeSums, int], None]] = None,
+    context: Optional[distributed.Context] = None,
 ) -> xr.Dataset:
     """Estimate S_NN and the bounds of `model` under `process` on `data`.
 
     `reference`, an oracle with the exact law of the data, adds S_tot, the score error and the
-    KL bound. `sums`, `first_item` and `on_batch` let a caller resume an interrupted run.
+    KL bound. `sums`, `first_item` and `on_batch` let a caller resume an interrupted run of a
+    single process (units of the first round, cell-major). In a distributed run (`context`,
+    by default the initialised process group, if any) every rank evaluates its share of the
+    draws and every rank returns the same Dataset; only rank 0 should write it.
     """
     settings.validate()
+    check_budget(settings)
+    context = context or distributed.current(settings.device)
+    device = context.device
+    resuming = sums is not None or first_item or on_batch is not None
+    if resuming and context.distributed:
+        raise SpecError("resuming a measurement is supported in a single process only; run it without torchrun")
+    if resuming and settings.target_stderr is not None:
+        raise SpecError("resuming a measurement is supported for a fixed number of samples only, not with a target standard error")
     t_min, t_max = resolve_time_range(process, settings)
     check_compatible(model, data, reference)
-    grid = make_grid(process, t_min, t_max, settings.nodes, settings.rule)
+    if settings.estimator == "grid":
+        make_grid(process, t_min, t_max, settings.nodes, settings.rule)  # validates nodes and rule early
     sigma_low = float(process.sigma_tilde(t_min))
     sigma_high = float(process.sigma_tilde(t_max))
     model.check_sigma_range(sigma_low, sigma_high)
@@ -115,25 +188,45 @@ def measure(
     draws = Draws(data, settings.seed)
     field = EntropyMatchingField(model, process)
     ref_field = EntropyMatchingField(reference, process) if reference is not None else None
-    estimator = GridEstimator(grid, settings.samples, draws, settings.batch_size, settings.device)
-    model.to(settings.device)
+    model.to(device)
     if reference is not None:
-        reference.to(settings.device)
-    evaluations_before = model.evaluations
+        reference.to(device)
+    setup = setup_engine(model, field, ref_field, draws, settings, device, context)
     progress = None
-    if settings.progress and progress_factory is not None:
-        total = len(estimator.batches(first_item))
-        progress = lambda it: progress_factory(it, total=total, desc="measure", unit="batch")  # noqa: E731
-    sums = estimator.run(field, ref_field, sums=sums, first_item=first_item, on_batch=on_batch, progress=progress)
+    if settings.progress and progress_factory is not None and context.is_main:
+        progress = lambda it, total, label: progress_factory(it, total=total, desc=label, unit="batch")  # noqa: E731
+    design, pilot_evaluations = make_design(settings, process, data, t_min, t_max, setup.engine, progress)
+    outcome = run_rounds(setup.engine, design, settings, pilot_evaluations, sums, first_item, on_batch, progress)
     elapsed = time.perf_counter() - started
 
-    dataset = build_dataset(grid, sums, process, data, reference, settings)
-    terminal = _reference_terms(process, data, reference, t_min, t_max, settings) if reference is not None else {}
+    dataset = build_dataset(design.grid, outcome.sums, process, data, reference, settings)
+    if design.kind == "importance":
+        _add_strata_variables(dataset, design)
+    terminal = (
+        _reference_terms(process, data, reference, t_min, t_max, settings, setup.batch_size, device)
+        if reference is not None
+        else {}
+    )
     _add_reference_scalars(dataset, terminal)
     dataset.attrs.update(
-        _provenance(process, data, settings, grid, model, reference, provenance or {}, elapsed, model.evaluations - evaluations_before, sums)
+        _provenance(process, data, settings, design, model, reference, provenance or {}, elapsed, outcome, setup, context, pilot_evaluations)
     )
     return dataset
+
+
+def _add_strata_variables(dataset: xr.Dataset, design) -> None:
+    edges = np.concatenate([[design.grid.t_min], design.grid.t_min + np.cumsum(design.grid.weights)])
+    edges[-1] = design.grid.t_max
+    dataset["t_lower"] = xr.DataArray(edges[:-1], dims=("t",), attrs={"units": "1", "long_name": "start of the stratum in t"})
+    dataset["t_upper"] = xr.DataArray(edges[1:], dims=("t",), attrs={"units": "1", "long_name": "end of the stratum in t"})
+    dataset["proposal_density"] = xr.DataArray(
+        design.proposal.density_t(design.grid.t), dims=("t",),
+        attrs={"units": "per unit time", "long_name": f"proposal density q(t) ({design.proposal.kind}) at the stratum median"},
+    )
+    dataset["quadrature_weight"].attrs["long_name"] = "width of the stratum in t (Σ width × rate is the estimate)"
+    for name in list(dataset.data_vars):
+        if name.endswith("_rate"):
+            dataset[name].attrs["long_name"] += " (average over the stratum, unbiased)"
 
 
 # --- assembling the Dataset ----------------------------------------------------------------
@@ -188,6 +281,15 @@ def build_dataset(
     variables["s_nn_stderr"] = _scalar(s_nn_se, NATS, "Monte Carlo standard error of s_nn")
     variables["s_nn_bits"] = _scalar(s_nn / LN2, "bits", "neural entropy S_NN in bits")
     variables["s_nn_per_dim"] = _scalar(s_nn / dim, "nats per dimension", "neural entropy per data dimension")
+    check = quadrature_check(grid, process, sums)
+    if check is not None:
+        difference, difference_se = check
+        variables["s_nn_quadrature_check"] = _scalar(
+            difference, NATS, f"s_nn minus the {grid.rule} rule on every other node (same node means)",
+            stderr=difference_se,
+            meaning="for a rate that is smooth on the node spacing the quadrature error of s_nn is about 1/15 "
+            "(simpson) or 1/3 (trapezoid) of this; for a rate that wiggles on that scale it can be as large as this",
+        )
     variables["cross_term"] = _scalar(cross, NATS, "cross term C = ∫ (g²/2) E[e_θ · s_c] dt")
     variables["cross_term_stderr"] = _scalar(cross_se, NATS, "Monte Carlo standard error of cross_term")
     variables["denoising_loss"] = _scalar(loss, NATS, "L = ∫ (g²/2) E|e_θ − s_c|² dt")
@@ -247,6 +349,26 @@ def build_dataset(
     return xr.Dataset(variables, coords=coords)
 
 
+def quadrature_check(grid: Grid, process: Process, sums: NodeSums) -> Optional[tuple[float, float]]:
+    """Return S_NN of `grid` minus that of its rule on every other node, and the difference's stderr.
+
+    Both use the same node means, so most of their Monte Carlo noise cancels. Defined for the
+    simpson and trapezoid rules on nodes uniform in log σ̃ whose every other node forms a grid
+    of the same rule; None otherwise.
+    """
+    if grid.rule not in ("simpson", "trapezoid") or grid.size < 5 or grid.size % 2 == 0:
+        return None
+    coarse_nodes = (grid.size + 1) // 2
+    if grid.rule == "simpson" and coarse_nodes % 2 == 0:
+        return None
+    coarse = make_grid(process, grid.t_min, grid.t_max, coarse_nodes, grid.rule)
+    weights = grid.weights.copy()
+    weights[::2] -= coarse.weights
+    weights[1::2] = grid.weights[1::2]
+    difference = float(weights @ sums.mean("nn"))
+    return difference, math.sqrt(float((weights**2) @ sums.variance_of_mean("nn")))
+
+
 def _length(grid: Grid, half_g2: np.ndarray, rate: np.ndarray, rate_var: np.ndarray) -> tuple[float, float]:
     rate = np.clip(rate, 0.0, None)
     integrand = np.sqrt(half_g2 * rate)
@@ -256,7 +378,7 @@ def _length(grid: Grid, half_g2: np.ndarray, rate: np.ndarray, rate_var: np.ndar
     return float(grid.integrate(integrand)), float(math.sqrt(grid.integrate_variance(derivative**2 * rate_var)))
 
 
-def _reference_terms(process, data, reference, t_min, t_max, settings) -> dict[str, float]:
+def _reference_terms(process, data, reference, t_min, t_max, settings, batch_size, device) -> dict[str, float]:
     """H(p_{t_min}) and D_KL(p_T ‖ π) from the reference density (closed form for a Gaussian)."""
     from .oracles import GaussianOracle
 
@@ -273,14 +395,17 @@ def _reference_terms(process, data, reference, t_min, t_max, settings) -> dict[s
             results[name + "_stderr"] = 0.0
     else:
         draws = Draws(data, settings.seed)
+        # Oracle densities cost little memory per item (B × 4096 components at most for the
+        # isotropic mixtures), and large batches amortise their per-call overhead.
+        chunk = max(batch_size, REFERENCE_BATCH)
         for node, (name, t) in enumerate((("entropy_t_min", t_min), ("entropy_t_max", t_max))):
             values = []
-            for start in range(0, settings.reference_samples, settings.batch_size):
-                stop = min(settings.reference_samples, start + settings.batch_size)
+            for start in range(0, settings.reference_samples, chunk):
+                stop = min(settings.reference_samples, start + chunk)
                 x0, _ = draws.data(STREAM_TERMINAL, node, start, stop)
                 noise = draws.noise(STREAM_TERMINAL, node, start, stop)
                 alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
-                x_t = (alpha * x0 + sigma * noise).to(settings.device)
+                x_t = (alpha * x0 + sigma * noise).to(device)
                 sigma_tilde = torch.full((x_t.shape[0],), sigma / alpha, dtype=torch.float64, device=x_t.device)
                 with torch.inference_mode():
                     log_p = reference.log_prob(x_t / alpha, sigma_tilde) - dim * math.log(alpha)
@@ -306,7 +431,9 @@ def _add_reference_scalars(dataset: xr.Dataset, terms: dict[str, float]) -> None
     dataset["kl_bound_stderr"] = _scalar(math.hypot(err_se, terms["kl_prior_stderr"]), NATS, "standard error of kl_bound")
 
 
-def _provenance(process, data, settings, grid, model, reference, extra, elapsed, evaluations, sums) -> dict[str, Any]:
+def _provenance(process, data, settings, design, model, reference, extra, elapsed, outcome, setup, context, pilot_evaluations) -> dict[str, Any]:
+    grid = design.grid
+    sums = outcome.sums
     attrs: dict[str, Any] = {
         "title": "entropy-probe measurement",
         "package": "entropy-probe",
@@ -321,14 +448,25 @@ def _provenance(process, data, settings, grid, model, reference, extra, elapsed,
         "t_max": grid.t_max,
         "time_convention": "t = 0 is data, t = T is noise; entropies in nats",
         "quadrature_rule": grid.rule,
-        "quadrature_variable": "t uniform" if grid.rule == "trapezoid-t" else "log σ̃ = log(σ/α)",
+        "quadrature_variable": _quadrature_variable(design),
         "nodes": grid.size,
         "samples_per_node": settings.samples,
         "samples_total": int(sums.count.sum()),
+        **describe_design(design, settings),
+        "rounds": outcome.rounds,
+        "target_stderr": settings.target_stderr if settings.target_stderr is not None else "none",
+        "target_met": "not requested" if outcome.target_met is None else outcome.target_met,
+        "relative_stderr": outcome.relative_stderr,
         "seed": settings.seed,
-        "batch_size": settings.batch_size,
-        "device": settings.device,
-        "network_evaluations": int(evaluations) if evaluations else int(sums.count.sum()),
+        "batch_size": setup.batch_size,
+        "batch_size_choice": setup.batch_size_record or "given",
+        "device": context.device,
+        "world_size": context.world_size,
+        "precision": setup.precision,
+        "throughput_notes": setup.notes,
+        "network_evaluations": int(outcome.evaluations),
+        "pilot_evaluations": int(pilot_evaluations),
+        "planning_evaluations": int(outcome.planning_evaluations),
         "wall_time_seconds": round(elapsed, 3),
         "data": data.spec,
         "data_dim": data.dim,
@@ -341,13 +479,47 @@ def _provenance(process, data, settings, grid, model, reference, extra, elapsed,
         "reference": reference.provenance if reference is not None else None,
         "reference_fingerprint": reference.fingerprint if reference is not None else None,
         "settings": asdict(settings),
-        "stderr_method": (
-            "independent draws per node; standard error of each node mean from the sample variance, "
-            "combined with the squared quadrature weights; quadrature error not included"
-        ),
+        "stderr_method": _stderr_method(design, settings),
     }
     attrs.update(extra)
     return attrs
+
+
+def _quadrature_variable(design) -> str:
+    if design.kind == "importance":
+        return f"t drawn from the {design.proposal.kind} proposal, stratified by its quantiles"
+    return "t uniform" if design.grid.rule == "trapezoid-t" else "log σ̃ = log(σ/α)"
+
+
+def _stderr_method(design, settings) -> str:
+    unit = "antithetic pair mean (x_0, ε), (x_0, −ε)" if settings.antithetic else "sample"
+    if design.kind == "importance":
+        text = (
+            f"importance sampling: per stratum, the sample variance of rate/q over each {unit}, divided by the "
+            f"count and combined with the squared stratum widths; unbiased, no quadrature error"
+        )
+    else:
+        text = (
+            f"independent draws per node; standard error of each node mean from the sample variance over each "
+            f"{unit}, combined with the squared quadrature weights; quadrature error not included"
+        )
+    if settings.target_stderr is not None:
+        text += "; sample counts chosen in rounds by Neyman allocation towards the target"
+    return text
+
+
+def _design_line(attrs) -> str:
+    if attrs.get("estimator") == "importance":
+        text = f"{attrs['nodes']} strata of the {attrs['proposal']} proposal (importance sampling)"
+    else:
+        text = f"{attrs['nodes']} nodes ({attrs['quadrature_rule']})"
+    text += f" × {attrs['samples_per_node']} samples"
+    if attrs.get("antithetic") in (True, "true"):
+        text += " (antithetic pairs)"
+    rounds = int(attrs.get("rounds", 1))
+    if rounds > 1:
+        text += f", then {rounds - 1} more round{'s' if rounds > 2 else ''} to {attrs['samples_total']} samples"
+    return text
 
 
 def summarize(dataset: xr.Dataset) -> str:
@@ -363,8 +535,8 @@ def summarize(dataset: xr.Dataset) -> str:
         f"model     {attrs.get('checkpoint', attrs.get('model_fingerprint', ''))}",
         f"process   {attrs['process']}   t in [{attrs['t_min']:g}, {attrs['t_max']:g}]",
         f"data      {attrs['data']}   (d = {attrs['data_dim']})",
-        f"estimate  {attrs['nodes']} nodes ({attrs['quadrature_rule']}) × {attrs['samples_per_node']} samples, "
-        f"seed {attrs['seed']}, {attrs['network_evaluations']} network evaluations, {attrs['wall_time_seconds']:.1f} s",
+        f"estimate  {_design_line(attrs)}, seed {attrs['seed']}, {attrs['network_evaluations']} network "
+        f"evaluations, {attrs['wall_time_seconds']:.1f} s",
         "",
         f"S_NN               {value('s_nn')} nats  =  {float(dataset['s_nn_bits']):.4g} bits",
         f"cross term C       {value('cross_term')} nats",

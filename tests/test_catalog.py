@@ -203,3 +203,9 @@ def test_non_editable_install_carries_catalog(tmp_path):
     assert module_file.startswith(str(target))
     assert Path(directory) == target / "entropy_probe" / "catalog_data"
     assert "ddpm-bedroom-256" in names
+    # The shipped checkpoints travel as package data too.
+    for name in ("mnist-unet-vp", "mnist-unet-sl", "gmm3-mlp-vp", "gmm3-mlp-sl"):
+        assert name in names
+        for file_name in ("config.json", "model.safetensors"):
+            installed = target / "entropy_probe" / "catalog_data" / "shipped" / name / file_name
+            assert installed.read_bytes() == (REPO / "catalog" / "shipped" / name / file_name).read_bytes()

@@ -42,7 +42,11 @@ def wide_gaussian():
 @pytest.mark.parametrize("spec", ["vp", "vpx:kappa=0.1", "sl:sigma0=0.1", "subvp", "ve", "vp-cosine"])
 def test_gaussian_oracle_matches_closed_form(spec, wide_gaussian):
     process = from_spec(spec)
-    settings = MeasureSettings(samples=16384, nodes=33, rule="gauss", batch_size=8192, progress=False, seed=11)
+    # A pilot of 256 samples per node plans a Neyman allocation, which reaches the stated
+    # precision with about a third of the evaluations that 16384 samples at every node need.
+    settings = MeasureSettings(
+        samples=256, nodes=33, rule="gauss", target_stderr=2.5e-4, batch_size=8192, progress=False, seed=11
+    )
     oracle = wide_gaussian
     result = measure(oracle, process, oracle_source(oracle, "gaussian"), settings, reference=oracle)
     exact = gaussian_s_tot(process, oracle.mu.numpy(), oracle.std.numpy(), process.default_t_min, process.default_t_max)

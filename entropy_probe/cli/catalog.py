@@ -31,12 +31,24 @@ def catalog_group():
 @click.option("--kind", type=click.Choice(["hub", "shipped", "recipe"]), help="Show only entries of this kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def list_command(kind, as_json):
-    """List the entries with their kind, local status and title."""
-    from ..catalog import entry_status, format_listing, load_catalog
+    """List the entries: kind, local status, size, process, recorded S_NN (shipped models) and title."""
+    from ..catalog import entry_bytes, entry_status, format_listing, load_catalog
 
     entries = {name: entry for name, entry in load_catalog().items() if kind is None or entry.kind == kind}
     if as_json:
-        records = [{"name": e.name, "kind": e.kind, "status": entry_status(e), "title": e.title} for e in entries.values()]
+        records = [
+            {
+                "name": e.name,
+                "kind": e.kind,
+                "status": entry_status(e),
+                "title": e.title,
+                "process": e.fields.get("process"),
+                "bytes": entry_bytes(e),
+                "s_nn": e.fields.get("recorded", {}).get("s_nn"),
+                "s_nn_stderr": e.fields.get("recorded", {}).get("s_nn_stderr"),
+            }
+            for e in entries.values()
+        ]
         click.echo(json.dumps(records, indent=2, ensure_ascii=False))
         return
     click.echo(format_listing(entries))

@@ -7,6 +7,7 @@ import logging
 
 import click
 
+from .. import distributed
 from . import cli
 from .common import check_device, progress_enabled, save_options
 
@@ -85,11 +86,18 @@ def train_command(ctx, **options):
       entropy-probe measure runs/digits10 --out digits10.nc --plot digits10.png
       entropy-probe train --model mlp --data gmm:dim=3,n=8192 --process vp --epochs 20 --out runs/gmm3
       entropy-probe train --model unet --preset cifar --class-conditional --data cifar10:dir=cifar-10-batches-py,n_c=100 --lr 2e-4 --out runs/cifar100
+      torchrun --nproc-per-node 4 -m entropy_probe train --model unet --data mnist --device cuda --out runs/mnist
+
+    Under torchrun the ranks split every batch (DistributedDataParallel) and rank 0 alone
+    prints and writes.
     """
     from ..train import TrainSettings, train
     from ..train.loop import Trainer
 
     out = options["out"]
+    run = distributed.init_from_environment(check_device(options["device"]))
+    ctx.call_on_close(distributed.shutdown)
+    distributed.silence_unless_main(run, keep_stderr=bool(ctx.obj and ctx.obj.get("debug")))
     explicit = {
         SETTINGS_FIELDS.get(name, name)
         for name in options
@@ -116,7 +124,7 @@ def train_command(ctx, **options):
         t_max=options["t_max"],
         epoch_size=options["epoch_size"],
         network=network,
-        device=check_device(options["device"]),
+        device=run.device,
         progress=progress_enabled(ctx, options["progress"]),
     )
     # Device and progress describe this machine, not the run, so they always apply.
@@ -141,6 +149,8 @@ def train_command(ctx, **options):
     if not options["resume"] and not settings.data:
         raise click.UsageError("missing --data SPEC (for example --data digits:n_c=10)")
     trainer = train(settings, out, resume=options["resume"], overwrite=options["overwrite"], explicit=explicit)
+    if not run.is_main:
+        return
     save_options(out, "train", {**options, "resolved": trainer.settings.record()})
     last = trainer.history[-1] if trainer.history else None
     if last is not None:

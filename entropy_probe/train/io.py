@@ -73,6 +73,8 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     process = process_from_spec(require(config, "process", str, directory))
     preconditioning = Preconditioning.from_config(config, str(directory))
     tensors, digest = read_tensors(directory)
+    # Float16 copies (see `write_float16_copy`) load into the float32 network.
+    tensors = {name: value.float() if value.is_floating_point() else value for name, value in tensors.items()}
     recorded = config.get("weights_sha256")
     if recorded and recorded != digest:
         raise CheckpointError(
@@ -93,6 +95,29 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     network = ExcessScoreNetwork(core, architecture, process, preconditioning).to(device)
     network.eval()
     return network, config, digest
+
+
+def write_float16_copy(source: str | Path, target: str | Path, overwrite: bool = False) -> Path:
+    """Write a copy of the network checkpoint `source` with its floating tensors stored as float16.
+
+    The copy halves the file size. `load_network` casts the tensors back to float32, so the
+    copy's network is the float32 network whose weights are the float16-rounded originals. Its
+    config.json gains `weights_dtype` ("float16") and `converted_from` (the source's SHA-256).
+    """
+    source = Path(source)
+    config = read_config(source)
+    check_format(config, source)
+    if config.get("kind") != "network":
+        raise CheckpointError(f"{str(source)!r} is not a network checkpoint (kind={config.get('kind')!r})")
+    tensors, digest = read_tensors(source)
+    if config.get("weights_sha256") not in (None, digest):
+        raise CheckpointError(f"{str(source)!r}: model.safetensors does not match config.json (SHA-256 differs)")
+    half = {name: value.half() if value.is_floating_point() else value for name, value in tensors.items()}
+    copy = {key: value for key, value in config.items() if key not in ("format", "format_version", "weights_sha256")}
+    copy["weights_dtype"] = "float16"
+    dtypes = sorted({str(value.dtype).removeprefix("torch.") for value in tensors.values() if value.is_floating_point()})
+    copy["converted_from"] = {"weights_dtype": ",".join(dtypes), "weights_sha256": digest}
+    return write_checkpoint(target, copy, half, overwrite=overwrite)
 
 
 # --- resume state -------------------------------------------------------------------------
