@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -41,7 +42,9 @@ import xarray as xr
 from . import __version__
 from .checkpoint import write_json_atomic
 from .errors import OutputError, UserError
+from .probe import MeasureSettings
 from .recipes import Item, Plan
+from .train import TrainSettings
 from .results import NATS, read_dataset, write_dataset
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ def prepare_output(plan: Plan, out: str | Path) -> Path:
             saved = json.loads(plan_path.read_text())
         except (OSError, ValueError) as error:
             raise OutputError(f"cannot read {str(plan_path)!r}: {error}; delete the directory or choose another --out") from None
-        if saved.get("fingerprint") != record:
+        if not same_plan(saved.get("fingerprint"), record):
             raise OutputError(
                 f"{str(out)!r} contains the sweep of another plan ({saved.get('recipe')!r} at scale "
                 f"{saved.get('scale')!r}, or the same recipe with different settings); choose another --out"
@@ -117,6 +120,33 @@ def prepare_output(plan: Plan, out: str | Path) -> Path:
         raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
     write_json_atomic(plan_path, {**plan.describe(), "fingerprint": record, "package_version": __version__})
     return out
+
+
+def same_plan(saved: Any, current: dict[str, Any]) -> bool:
+    """Whether a saved plan fingerprint describes the current plan.
+
+    A plan written before a measurement or training setting existed lacks that key; it matches
+    when the current plan leaves the setting at its default, which reproduces the old behaviour.
+    """
+    if saved == current:
+        return True
+    if not isinstance(saved, dict) or saved.get("items") is None or len(saved["items"]) != len(current["items"]):
+        return False
+    defaults = {
+        "measure": {f.name: f.default for f in dataclasses.fields(MeasureSettings)},
+        "train": {f.name: f.default for f in dataclasses.fields(TrainSettings)},
+    }
+    items = []
+    for old, new in zip(saved["items"], current["items"]):
+        new = dict(new)
+        for section, section_defaults in defaults.items():
+            if isinstance(old.get(section), dict) and isinstance(new.get(section), dict):
+                new[section] = {
+                    key: value for key, value in new[section].items()
+                    if key in old[section] or key not in section_defaults or value != section_defaults[key]
+                }
+        items.append(new)
+    return saved == {**current, "items": items}
 
 
 def append_event(out: Path, event: dict[str, Any]) -> None:

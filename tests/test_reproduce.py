@@ -118,6 +118,26 @@ def test_output_of_other_plan_rejected(tmp_path):
         prepare_output(load_plan("paper-gmm", "tiny"), tmp_path / "other")
 
 
+def test_plan_saved_before_a_setting_existed_still_matches():
+    from entropy_probe.reproduce import same_plan
+
+    current = json.loads(load_plan("paper-gmm", "tiny").fingerprint())
+    # A sweep started before the `estimator` setting existed: its plan lacks the key.
+    older = json.loads(json.dumps(current))
+    for item in older["items"]:
+        assert item["measure"].pop("estimator") == "grid"
+    assert same_plan(older, current)
+    # The key is missing, but the current plan asks for a non-default value: another plan.
+    importance = json.loads(json.dumps(current))
+    importance["items"][0]["measure"]["estimator"] = "importance"
+    assert not same_plan(older, importance)
+    # A setting that exists in both and differs still makes another plan.
+    changed = json.loads(json.dumps(current))
+    changed["items"][0]["measure"]["samples"] += 1
+    assert not same_plan(current, changed)
+    assert not same_plan(older, changed)
+
+
 # --- the mixture study at tiny scale, interrupted twice ----------------------------------------
 
 @pytest.fixture(scope="module")
