@@ -123,10 +123,11 @@ def prepare_output(plan: Plan, out: str | Path) -> Path:
 
 
 def same_plan(saved: Any, current: dict[str, Any]) -> bool:
-    """Whether a saved plan fingerprint describes the current plan.
+    """Return whether a saved plan fingerprint describes the current plan.
 
-    A plan written before a measurement or training setting existed lacks that key; it matches
-    when the current plan leaves the setting at its default, which reproduces the old behaviour.
+    A plan written before a measurement or training setting existed lacks that key. It still
+    matches when the current plan leaves the setting at its default, because the default
+    reproduces the behaviour that the sweep ran with.
     """
     if saved == current:
         return True
