@@ -51,6 +51,9 @@ def plot_study(dataset: xr.Dataset, directory: str | Path) -> list[Path]:
         ]
     if "generated" in dataset:
         for process in _labels(dataset, "process"):
+            if np.all(np.isnan(_select(dataset["generated"], process=process).values)):
+                logger.info("no generated samples under process %s yet; no sample figure for it", process)
+                continue
             paths.append(plot_generated(dataset, process, directory / f"samples_{process or 'all'}.png"))
     logger.info("wrote %d figures to %s", len(paths), directory)
     return paths
@@ -99,6 +102,14 @@ def _time_axis(ax, ylabel: str = RATE_LABEL, log_y: bool = True) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
+def _empty_panel(ax, title: str) -> None:
+    """Mark a panel whose item has no finished measurement (a sweep still running or failed)."""
+    ax.text(0.5, 0.5, "not measured yet", transform=ax.transAxes, ha="center", va="center", color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+
+
 def _colors(count: int):
     from matplotlib import colormaps
 
@@ -117,6 +128,9 @@ def plot_s_nn_against_epoch(dataset: xr.Dataset, path: Path) -> Path:
         for column, dim in enumerate(dims):
             ax = axes[row, column]
             s_nn = _select(dataset["s_nn"], process=process, dim=dim)
+            if np.all(np.isnan(s_nn.values)):
+                _empty_panel(ax, f"{process}, d = {dim}")
+                continue
             for seed in _labels(dataset, "seed"):
                 ax.plot(epochs, _select(s_nn, seed=seed).values, marker=".", linewidth=0.8, alpha=0.5, color="tab:blue")
             mean, spread = seed_mean(s_nn)
@@ -173,6 +187,9 @@ def plot_rates_by_epoch(dataset: xr.Dataset, path: Path) -> Path:
             ax = axes[row, column]
             t = _first(_select(dataset["t"], process=process, dim=dim), ("seed",))
             rates = _first(_select(dataset["s_nn_rate"], process=process, dim=dim), ("seed",))
+            if np.all(np.isnan(rates.values)):
+                _empty_panel(ax, f"{process}, d = {dim}")
+                continue
             positive = True
             for color, epoch in zip(colors, epochs):
                 values = rates.sel(epoch=epoch).values

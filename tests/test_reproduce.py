@@ -227,6 +227,22 @@ def test_missing_measurement_is_nan(gmm_sweep, tmp_path):
     assert json.loads(dataset.attrs["items_missing"]) == [plan.items[2].name]
 
 
+def test_figures_with_unmeasured_item(gmm_sweep, tmp_path):
+    from entropy_probe.study_figures import plot_study
+
+    out, plan, _, _, _, _ = gmm_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for path in item_directory(copy, plan.items[2]).glob("epoch-*.nc"):
+        path.unlink()
+    dataset = combine(plan, copy)
+    assert np.isnan(dataset["s_nn"].sel(process="vpx").values).all()
+    # A sweep still running draws its figures with an empty panel for the missing item.
+    paths = plot_study(dataset, tmp_path / "figures")
+    assert {p.name for p in paths} >= {"s_nn_vs_epoch.png", "rates.png", "s_nn_fraction.png"}
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
 def test_plot_command_single_and_invalid(gmm_sweep, tmp_path):
     out, plan, _, _, _, _ = gmm_sweep
     runner = CliRunner()
