@@ -298,6 +298,8 @@ def plot_rates_by_size(dataset: xr.Dataset, path: Path) -> Path:
 
 def plot_training(dataset: xr.Dataset, path: Path) -> Path:
     """S_NN, the cross-entropy bound and the training loss against epoch; rows are processes."""
+    from matplotlib.ticker import NullFormatter
+
     processes = _labels(dataset, "process")
     figure, axes = _figure(len(processes), 3, width=4.4, height=3.4)
     size = "n_train" if "n_train" in dataset.coords else "n_c"
@@ -324,6 +326,8 @@ def plot_training(dataset: xr.Dataset, path: Path) -> Path:
         panels[2].set_yscale("log")
         for ax, title in zip(panels, ("neural entropy", "cross-entropy bound (held-out data)", "training loss (sigma2 weighting)")):
             ax.set_xscale("log")
+            # Epoch ranges within one decade get labels on minor ticks too, which overlap.
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("training epoch")
             ax.set_title(f"{process}: {title}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
