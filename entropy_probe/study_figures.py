@@ -237,7 +237,7 @@ def plot_s_nn_against_size(dataset: xr.Dataset, path: Path) -> Path:
     if notes:
         ax.text(0.98, 0.02, "\n".join(notes), transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-    figure.suptitle(f"Neural entropy against training-set size ({_title_suffix(dataset)}); 95 % intervals of b", fontsize=10)
+    figure.suptitle(f"Neural entropy against training-set size ({_title_suffix(dataset)})\nlegend: 95 % intervals of b", fontsize=10)
     return save_figure(figure, path)
 
 
