@@ -118,7 +118,7 @@ def test_output_of_other_plan_rejected(tmp_path):
         prepare_output(load_plan("paper-gmm", "tiny"), tmp_path / "other")
 
 
-def test_plan_saved_before_a_setting_existed_still_matches():
+def test_older_plan_matches_defaults():
     from entropy_probe.reproduce import same_plan
 
     current = json.loads(load_plan("paper-gmm", "tiny").fingerprint())
@@ -127,7 +127,7 @@ def test_plan_saved_before_a_setting_existed_still_matches():
     for item in older["items"]:
         assert item["measure"].pop("estimator") == "grid"
     assert same_plan(older, current)
-    # The key is missing, but the current plan asks for a non-default value: another plan.
+    # The key is missing and the current plan sets a non-default value, so the plans differ.
     importance = json.loads(json.dumps(current))
     importance["items"][0]["measure"]["estimator"] = "importance"
     assert not same_plan(older, importance)
