@@ -20,7 +20,8 @@ Kinds:
   settings that produced them. Optional `provenance` holds the training command, seed,
   epochs, wall time and machine.
 - `recipe`: an experiment without weights. `recipe` (data, process, architecture, training and
-  evaluation settings) and optionally `reported` (the published numbers).
+  evaluation settings), optionally `reported` (the published numbers) and `reproduce` (the
+  settings that `entropy-probe reproduce` runs, with named scales; see `entropy_probe.recipes`).
 
 The files are found as the package `entropy_probe.catalog_data` (the `catalog/` folder, mapped by
 setuptools so that installs carry it), else in `catalog/` next to the package in a source
@@ -187,6 +188,11 @@ def validate_entry(fields: dict[str, Any], file: Path) -> None:
         _validate_shipped_record(fields, file)
     else:
         _require(fields, "recipe", dict, file)
+        if "reproduce" in fields:
+            reproduce = _require(fields, "reproduce", dict, file)
+            scales = reproduce.get("scales")
+            if not isinstance(scales, dict) or not scales or not all(isinstance(v, dict) for v in scales.values()):
+                raise CatalogError(f"catalog file {str(file)!r}: reproduce.scales must be an object of named scales")
 
 
 def _validate_shipped_record(fields: dict[str, Any], file: Path) -> None:
@@ -242,6 +248,11 @@ def entry_path(entry: CatalogEntry, revision: Optional[str] = None) -> Path:
                 f"reinstall entropy-probe"
             )
         return path
+    if isinstance(entry.fields.get("reproduce"), dict):
+        raise CatalogError(
+            f"catalog entry {entry.name!r} is a recipe without weights; run it with "
+            f"'entropy-probe reproduce {entry.name} --scale cpu --out DIR', or train it with 'entropy-probe train'"
+        )
     raise CatalogError(
         f"catalog entry {entry.name!r} is a recipe without weights; train it with 'entropy-probe train' "
         f"using the settings shown by 'entropy-probe catalog show {entry.name}', then measure the run folder"
@@ -331,6 +342,9 @@ def format_entry(entry: CatalogEntry) -> str:
         lines += format_shipped_record(entry)
     else:
         lines.append("weights: none (a recipe to train)")
+        scales = entry.fields.get("reproduce", {}).get("scales")
+        if isinstance(scales, dict):
+            lines.append(f"reproduce: entropy-probe reproduce {entry.name} --scale SCALE --out DIR  (scales: {', '.join(scales)})")
     lines += [f"file:    {entry.file}", "", json.dumps(entry.fields, indent=2, ensure_ascii=False)]
     return "\n".join(lines)
 

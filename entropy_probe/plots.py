@@ -105,3 +105,36 @@ def plot_comparison(dataset: xr.Dataset, path: str | Path) -> Path:
     cumulative.grid(True, which="both", alpha=0.3)
     figure.suptitle(f"{dataset.attrs.get('checkpoint', '')}: one model under {dataset.sizes['process']} processes (dashed: exact S_tot)", fontsize=10)
     return save_figure(figure, path)
+
+
+def plot_result(result: str | Path, out: str | Path | None = None, overwrite: bool = False) -> list[Path]:
+    """Redraw the figures of a result file of measure, compare or reproduce; return their paths.
+
+    Without `out`, a single figure goes to RESULT.png and the figures of a reproduce result to
+    the folder RESULT_figures. Existing files are kept unless `overwrite`.
+    """
+    from .errors import OutputError
+    from .results import check_output_path, read_dataset
+
+    result = Path(result)
+    dataset = read_dataset(result)
+    title = str(dataset.attrs.get("title", ""))
+    if title == "entropy-probe reproduction":
+        from .study_figures import plot_study
+
+        directory = Path(out) if out else result.with_name(result.stem + "_figures")
+        if directory.is_file():
+            raise OutputError(f"output {str(directory)!r} is a file; a reproduce result needs a folder for its figures")
+        existing = sorted(directory.glob("*.png")) if directory.is_dir() else []
+        if existing and not overwrite:
+            raise OutputError(f"folder {str(directory)!r} has figures already ({existing[0].name}, ...); pass --overwrite or choose another --out")
+        return plot_study(dataset, directory)
+    path = check_output_path(out or result.with_suffix(".png"), overwrite)
+    if title == "entropy-probe measurement":
+        return [plot_measurement(dataset, path)]
+    if title == "entropy-probe comparison of forward processes":
+        return [plot_comparison(dataset, path)]
+    raise OutputError(
+        f"{str(result)!r} is not a result of measure, compare or reproduce (its title attribute is {title!r}); "
+        f"give a file written by one of them"
+    )

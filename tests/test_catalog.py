@@ -61,10 +61,10 @@ def test_google_ddpm_entries():
 
 def test_recipes_have_no_weights():
     recipes = {name: e for name, e in load_catalog().items() if e.kind == "recipe"}
-    assert {"paper-gmm-vp", "paper-gmm-vpx", "paper-gmm-sl", "paper-mnist-unet", "paper-cifar10-unet-vp"} <= set(recipes)
-    assert recipes["paper-gmm-sl"].fields["recipe"]["process"] == "sl:sigma0=0.1"
-    with pytest.raises(CatalogError, match="recipe without weights"):
-        resolve_catalog_name("paper-gmm-vp")
+    assert {"paper-gmm", "paper-mnist-unet", "paper-cifar10-unet-vp"} <= set(recipes)
+    assert "sl:sigma0=0.1" in recipes["paper-gmm"].fields["recipe"]["processes"]
+    with pytest.raises(CatalogError, match="recipe without weights; run it with 'entropy-probe reproduce paper-gmm"):
+        resolve_catalog_name("paper-gmm")
 
 
 def test_unknown_names():
@@ -142,6 +142,7 @@ def test_measure_catalog_name(tmp_path, cli_run):
         ({"kind": "shipped", "path": "../outside"}, "stay inside"),
         ({"kind": "hub", "hub_id": "no-slash", "revision": "main"}, "ORG/NAME"),
         ({"kind": "recipe", "recipe": {}, "sources": ["http://insecure.example"]}, "https://"),
+        ({"kind": "recipe", "recipe": {}, "reproduce": {"scales": []}}, "reproduce.scales"),
     ],
 )
 def test_malformed_entries_rejected(tmp_path, fields, message):
@@ -157,6 +158,8 @@ def test_catalog_command(cli_run):
     rows = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines()[1:]}
     assert rows["ddpm-church-256"] == "hub"
     assert rows["paper-mnist-unet"] == "recipe"
+    recipe = cli_run("catalog", "show", "paper-gmm")
+    assert "entropy-probe reproduce paper-gmm --scale SCALE --out DIR  (scales: tiny, cpu, paper)" in recipe.stdout
     shown = cli_run("catalog", "show", "ddpm-church-256", "--json")
     assert json.loads(shown.stdout)["hub_id"] == "google/ddpm-church-256"
     missing = cli_run("catalog", "show", "nope")
