@@ -3,14 +3,15 @@
 Layout of an output directory DIR:
 
     DIR/plan.json                            the resolved plan (recipe, scale, every item's settings)
-    DIR/events.jsonl                         one JSON line per item and invocation: skipped, finished, failed
+    DIR/events.jsonl                         one JSON line per item and invocation: skipped, finished, failed, interrupted
     DIR/items/NAME/run/                      the item's training run (see docs/checkpoints.md)
     DIR/items/NAME/epoch-NNNN.nc             the measurement of one checkpoint, with generated samples
     DIR/combined.nc                          every measurement on the study's axes, NaN where missing
     DIR/figures/*.png, DIR/summary.txt       figures and fitted numbers (see `analysis`)
 
 Every file is written atomically, so an item is finished exactly when all its epoch files exist.
-A second invocation skips the finished items and measurements. A training run that was cut
+Ctrl-C or SIGTERM stops the sweep and its worker processes between atomic writes, so nothing
+is left half written. A second invocation skips the finished items and measurements. A training run that was cut
 short resumes from its last saved epoch (the trainer's resume state). All items of a study
 share the measurement seed, nodes and samples, so every checkpoint sees the same draws (common
 random numbers).
@@ -19,7 +20,6 @@ random numbers).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -29,7 +29,6 @@ import os
 import platform
 import shutil
 import signal
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import xarray as xr
 
-from . import __version__
+from . import __version__, interrupts
 from .checkpoint import write_json_atomic
 from .errors import OutputError, UserError
 from .probe import MeasureSettings
@@ -117,7 +116,7 @@ def prepare_output(plan: Plan, out: str | Path) -> Path:
     try:
         (out / ITEMS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}; choose another --out") from None
     write_json_atomic(plan_path, {**plan.describe(), "fingerprint": record, "package_version": __version__})
     return out
 
@@ -265,7 +264,9 @@ def run_plan(plan: Plan, out: str | Path, jobs: int = 1, hooks: Optional[Hooks] 
     """Run every unfinished item; return the event records of this invocation.
 
     With jobs > 1, items run in that many spawned worker processes, each with one torch thread.
-    A failed item is logged and recorded; the other items still run.
+    A failed item is logged and recorded; the other items still run. Ctrl-C or SIGTERM raises
+    KeyboardInterrupt after the workers have stopped; the item in progress is recorded as
+    interrupted, and a re-run resumes it.
     """
     out = prepare_output(plan, out)
     hooks = hooks or Hooks()
@@ -281,39 +282,62 @@ def run_plan(plan: Plan, out: str | Path, jobs: int = 1, hooks: Optional[Hooks] 
             if hooks.on_item is not None:
                 hooks.on_item(item, event)
     logger.info("%d of %d items to run with %d job(s)", len(pending), len(plan.items), jobs)
-    if jobs <= 1:
-        for item in pending:
+    with interrupts.catch_signals():
+        if jobs <= 1:
+            _run_in_this_process(pending, out, plan, hooks, events)
+        else:
+            _run_in_workers(pending, out, plan, jobs, hooks, events)
+    return events
+
+
+def _run_in_this_process(pending: list[Item], out: Path, plan: Plan, hooks: Hooks, events: list) -> None:
+    for item in pending:
+        try:
             event = _run_and_record(item, out, plan, hooks.on_epoch)
+        except KeyboardInterrupt:
+            _record_interrupted(out, [item])
+            raise
+        events.append(event)
+        if hooks.on_item is not None:
+            hooks.on_item(item, event)
+
+
+def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks: Hooks, events: list) -> None:
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
+    futures: dict[concurrent.futures.Future, Item] = {}
+    try:
+        futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
+        for future in concurrent.futures.as_completed(futures):
+            item = futures[future]
+            event = future.result()
+            if event.get("action") == "failed":
+                logger.error("%s failed: %s", item.name, event.get("error"))
+            event["time"] = _now()
+            append_event(out, event)
             events.append(event)
             if hooks.on_item is not None:
                 hooks.on_item(item, event)
-        return events
-
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
-    try:
-        with _sigterm_as_interrupt():
-            futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
-            for future in concurrent.futures.as_completed(futures):
-                item = futures[future]
-                event = future.result()
-                if event.get("action") == "failed":
-                    logger.error("%s failed: %s", item.name, event.get("error"))
-                event["time"] = _now()
-                append_event(out, event)
-                events.append(event)
-                if hooks.on_item is not None:
-                    hooks.on_item(item, event)
-    except BaseException:
+    except BaseException as error:
+        if isinstance(error, KeyboardInterrupt):
+            # An item whose directory exists has started (run_item creates it).
+            started = [item for future, item in futures.items() if not future.done() and item_directory(out, item).is_dir()]
+            _record_interrupted(out, started)
         # Stop the workers now instead of waiting for their items: a re-run resumes them.
         _terminate_workers(pool)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return events
+
+
+def _record_interrupted(out: Path, items: list[Item]) -> None:
+    for item in items:
+        append_event(out, {"item": item.name, "action": "interrupted", "time": _now()})
+        logger.info("%s: interrupted; a re-run resumes it", item.name)
 
 
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Send SIGTERM to every worker; each one stops its item between atomic writes and exits."""
     terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
     if terminate is not None:
         terminate()
@@ -322,23 +346,6 @@ def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # executor's own table of worker processes.
     for process in list(getattr(pool, "_processes", {}).values()):
         process.terminate()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt in the main thread, so the workers get stopped too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, Any]:
@@ -355,14 +362,20 @@ def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, An
 def _init_worker() -> None:
     import torch
 
+    # The main process receives Ctrl-C and stops the workers with SIGTERM (see _worker).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _worker(item: Item, out: str, recipe: str, scale: str) -> dict[str, Any]:
+    # SIGTERM raises KeyboardInterrupt inside the item, so a write in progress removes its
+    # temporary file and a training run finishes saving its state before the worker stops.
     try:
-        return run_item(item, Path(out), recipe, scale)
+        with interrupts.catch_signals():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return run_item(item, Path(out), recipe, scale)
     except Exception as error:  # noqa: BLE001 - reported to the main process, which records it
         logger.debug("%s", traceback.format_exc())
         return {"item": item.name, "action": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -596,19 +609,21 @@ def reproduce(
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
     """Run the plan, write the combined Dataset, the figures and the summary; return them.
 
-    Raises UserError after writing when some items failed; a re-run retries them.
+    Raises UserError after writing when some items failed; a re-run retries them. Ctrl-C or
+    SIGTERM raises KeyboardInterrupt, leaving every file written so far whole.
     """
     started = time.perf_counter()
-    events = run_plan(plan, out, jobs=jobs, hooks=hooks)
-    dataset, path = write_combined(plan, out)
-    elapsed = time.perf_counter() - started
-    logger.info("wrote %s (%.0f s)", path, elapsed)
-    if figures:
-        from .analysis import summarize_study
-        from .study_figures import plot_study
+    with interrupts.catch_signals():
+        events = run_plan(plan, out, jobs=jobs, hooks=hooks)
+        dataset, path = write_combined(plan, out)
+        elapsed = time.perf_counter() - started
+        logger.info("wrote %s (%.0f s)", path, elapsed)
+        if figures:
+            from .analysis import summarize_study
+            from .study_figures import plot_study
 
-        plot_study(dataset, Path(out) / "figures")
-        _write_text(Path(out) / "summary.txt", summarize_study(dataset))
+            plot_study(dataset, Path(out) / "figures")
+            _write_text(Path(out) / "summary.txt", summarize_study(dataset))
     failed = [event["item"] for event in events if event.get("action") == "failed"]
     if failed:
         raise UserError(
