@@ -10,8 +10,9 @@ Layout of an output directory DIR:
     DIR/figures/*.png, DIR/summary.txt       figures and fitted numbers (see `analysis`)
 
 Every file is written atomically, so an item is finished exactly when all its epoch files exist.
-Ctrl-C or SIGTERM stops the sweep and its worker processes between atomic writes, so nothing
-is left half written. A second invocation skips the finished items and measurements. A training run that was cut
+Ctrl-C or SIGTERM stops the sweep. The main process unwinds its writes, and worker processes
+(`jobs` > 1) are killed and the temporary files of their writes removed, so nothing is left
+half written. A second invocation skips the finished items and measurements. A training run that was cut
 short resumes from its last saved epoch (the trainer's resume state). All items of a study
 share the measurement seed, nodes and samples, so every checkpoint sees the same draws (common
 random numbers).
@@ -27,6 +28,7 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import time
@@ -291,11 +293,12 @@ def run_plan(plan: Plan, out: str | Path, jobs: int = 1, hooks: Optional[Hooks] 
 
 
 def _run_in_this_process(pending: list[Item], out: Path, plan: Plan, hooks: Hooks, events: list) -> None:
-    for item in pending:
+    for position, item in enumerate(pending):
         try:
             event = _run_and_record(item, out, plan, hooks.on_epoch)
         except KeyboardInterrupt:
-            _record_interrupted(out, [item])
+            # The writes of this process unwind through their cleanup, so nothing is half written.
+            _record_interrupted(out, pending[position:])
             raise
         events.append(event)
         if hooks.on_item is not None:
@@ -305,7 +308,7 @@ def _run_in_this_process(pending: list[Item], out: Path, plan: Plan, hooks: Hook
 def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks: Hooks, events: list) -> None:
     context = multiprocessing.get_context("spawn")
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
-    futures: dict[concurrent.futures.Future, Item] = {}
+    recorded: set[str] = set()
     try:
         futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
         for future in concurrent.futures.as_completed(futures):
@@ -315,29 +318,32 @@ def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks
                 logger.error("%s failed: %s", item.name, event.get("error"))
             event["time"] = _now()
             append_event(out, event)
+            recorded.add(item.name)
             events.append(event)
             if hooks.on_item is not None:
                 hooks.on_item(item, event)
-    except BaseException as error:
-        if isinstance(error, KeyboardInterrupt):
-            # An item whose directory exists has started (run_item creates it).
-            started = [item for future, item in futures.items() if not future.done() and item_directory(out, item).is_dir()]
-            _record_interrupted(out, started)
-        # Stop the workers now instead of waiting for their items: a re-run resumes them.
+    except BaseException:
+        # Stop the workers now instead of waiting for their items; a re-run resumes them.
         _terminate_workers(pool)
-        raise
-    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        unrecorded = [item for item in pending if item.name not in recorded]
+        for item in unrecorded:
+            remove_partial_writes(item_directory(out, item))
+        _record_interrupted(out, unrecorded)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _record_interrupted(out: Path, items: list[Item]) -> None:
+    """Record each of `items` as interrupted, or as finished when its last write came before the signal."""
     for item in items:
-        append_event(out, {"item": item.name, "action": "interrupted", "time": _now()})
-        logger.info("%s: interrupted; a re-run resumes it", item.name)
+        action = "interrupted" if missing_epochs(out, item) else "finished"
+        append_event(out, {"item": item.name, "action": action, "time": _now()})
+        logger.info("%s: %s", item.name, "interrupted; a re-run resumes it" if action == "interrupted" else "finished")
 
 
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Send SIGTERM to every worker; each one stops its item between atomic writes and exits."""
+    """Kill every worker with SIGTERM (workers keep its default action: exit at once)."""
     terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
     if terminate is not None:
         terminate()
@@ -346,6 +352,36 @@ def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # executor's own table of worker processes.
     for process in list(getattr(pool, "_processes", {}).values()):
         process.terminate()
+
+
+#: Names of what an atomic write leaves while it runs: `.NAME.XXXXXXXX.tmp` files,
+#: `.NAME.XXXXXXXX` staging folders and `.NAME.old.XXXXXXXX` folders moved aside (see checkpoint.py).
+_MOVED_ASIDE = re.compile(r"\.(?P<name>.+)\.old\.[A-Za-z0-9_]+")
+
+
+def remove_partial_writes(directory: Path) -> None:
+    """Delete what a killed process left of its atomic writes below `directory`.
+
+    Every write goes to a hidden temporary file or folder that is renamed into place when it is
+    complete, so those hidden entries are removed. A checkpoint folder moved aside
+    (`.NAME.old.*`) whose replacement was never renamed into place is moved back to NAME.
+    """
+    if not directory.is_dir():
+        return
+    for parent, folders, files in os.walk(directory):
+        base = Path(parent)
+        for name in files:
+            if name.startswith("."):
+                (base / name).unlink(missing_ok=True)
+        for name in [folder for folder in folders if folder.startswith(".")]:
+            folders.remove(name)
+            moved = _MOVED_ASIDE.fullmatch(name)
+            target = base / moved.group("name") if moved else None
+            if target is not None and not target.exists():
+                os.replace(base / name, target)
+                logger.info("restored %s from the copy that an interrupted save moved aside", target)
+            else:
+                shutil.rmtree(base / name, ignore_errors=True)
 
 
 def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, Any]:
@@ -362,7 +398,7 @@ def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, An
 def _init_worker() -> None:
     import torch
 
-    # The main process receives Ctrl-C and stops the workers with SIGTERM (see _worker).
+    # Ctrl-C reaches the whole process group; the main process handles it and kills the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
@@ -370,12 +406,8 @@ def _init_worker() -> None:
 
 
 def _worker(item: Item, out: str, recipe: str, scale: str) -> dict[str, Any]:
-    # SIGTERM raises KeyboardInterrupt inside the item, so a write in progress removes its
-    # temporary file and a training run finishes saving its state before the worker stops.
     try:
-        with interrupts.catch_signals():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            return run_item(item, Path(out), recipe, scale)
+        return run_item(item, Path(out), recipe, scale)
     except Exception as error:  # noqa: BLE001 - reported to the main process, which records it
         logger.debug("%s", traceback.format_exc())
         return {"item": item.name, "action": "failed", "error": f"{type(error).__name__}: {error}"}
