@@ -323,7 +323,7 @@ def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks
             if hooks.on_item is not None:
                 hooks.on_item(item, event)
     except BaseException:
-        # Stop the workers now instead of waiting for their items; a re-run resumes them.
+        # Stop the workers now instead of waiting for their items. A re-run resumes them.
         _terminate_workers(pool)
         pool.shutdown(wait=True, cancel_futures=True)
         unrecorded = [item for item in pending if item.name not in recorded]
@@ -343,7 +343,7 @@ def _record_interrupted(out: Path, items: list[Item]) -> None:
 
 
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
-    """Kill every worker with SIGTERM (workers keep its default action: exit at once)."""
+    """Kill every worker with SIGTERM, whose default action the workers keep (exit at once)."""
     terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
     if terminate is not None:
         terminate()
@@ -398,7 +398,7 @@ def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, An
 def _init_worker() -> None:
     import torch
 
-    # Ctrl-C reaches the whole process group; the main process handles it and kills the workers.
+    # Ctrl-C reaches the whole process group, but only the main process handles it (it kills the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")

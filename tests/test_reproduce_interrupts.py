@@ -1,6 +1,6 @@
 """`entropy-probe reproduce` stopped by a signal through the installed console script.
 
-The interrupted sweep must exit with 128 + the signal number and one line that says how to
+The interrupted sweep must exit with 128 + the signal number and a one-line message on how to
 continue, stop its worker processes and leave no temporary file. Running the same command again
 must run only the unfinished items and end with the numbers of an uninterrupted sweep.
 """
