@@ -539,17 +539,27 @@ def _gather_losses(plan: Plan, out: Path, shape, dims) -> dict[str, xr.DataArray
         for entry in log:
             loss[index + (position[entry["epoch"]],)] = entry["loss"]
             seconds[index + (position[entry["epoch"]],)] = entry.get("seconds", np.nan)
-    weighting = plan.items[0].train.weighting
-    loss_units = NATS if weighting == "likelihood" else "1"
-    loss_name = (
-        "training loss E|σ e_θ + σ k x_t + ε|², summed over dimensions (sigma2 weighting)"
-        if weighting == "sigma2"
-        else "training loss (t_max − t_min) E (g²/2)|e_θ − s_c|² (likelihood weighting)"
-    )
+    weightings = {item_directory(out, item).name: item.train.weighting for item in plan.items}
+    loss_name = {
+        "sigma2": "training loss E|σ e_θ + σ k x_t + ε|², summed over dimensions (sigma2 weighting)",
+        "likelihood": "training loss (t_max − t_min) E (g²/2)|e_θ − s_c|² (likelihood weighting)",
+    }
+    if len(set(weightings.values())) == 1:
+        weighting = plan.items[0].train.weighting
+        loss_units = NATS if weighting == "likelihood" else "1"
+        loss_attrs = {"units": loss_units, "long_name": loss_name[weighting], "weighting": weighting}
+    else:
+        # The items of one study may train with different loss weightings, whose values and
+        # units differ, so the attribute records the weighting of every item.
+        loss_attrs = {
+            "units": "1 (sigma2 weighting) or nats (likelihood weighting)",
+            "long_name": "training loss; its weighting differs between items",
+            "weighting": json.dumps(weightings),
+        }
     train_dims = tuple(dims) + ("train_epoch",)
     coordinate = xr.DataArray(np.asarray(train_epochs), dims=("train_epoch",), attrs={"units": "epochs", "long_name": "training epoch of the loss log"})
     return {
-        "train_loss": xr.DataArray(loss, dims=train_dims, coords={"train_epoch": coordinate}, attrs={"units": loss_units, "long_name": loss_name, "weighting": weighting}),
+        "train_loss": xr.DataArray(loss, dims=train_dims, coords={"train_epoch": coordinate}, attrs=loss_attrs),
         "train_epoch_seconds": xr.DataArray(seconds, dims=train_dims, coords={"train_epoch": coordinate}, attrs={"units": "s", "long_name": "wall time of the training epoch"}),
     }
 
