@@ -191,8 +191,17 @@ def validate_entry(fields: dict[str, Any], file: Path) -> None:
         if "reproduce" in fields:
             reproduce = _require(fields, "reproduce", dict, file)
             scales = reproduce.get("scales")
-            if not isinstance(scales, dict) or not scales or not all(isinstance(v, dict) for v in scales.values()):
-                raise CatalogError(f"catalog file {str(file)!r}: reproduce.scales must be an object of named scales")
+            if not isinstance(scales, dict) or not scales:
+                raise CatalogError(
+                    f"catalog file {str(file)!r}: reproduce.scales must be a non-empty object of named scales, "
+                    f"not {type(scales).__name__} {scales!r}"
+                )
+            for scale, settings in scales.items():
+                if not isinstance(settings, dict):
+                    raise CatalogError(
+                        f"catalog file {str(file)!r}: reproduce.scales.{scale} must be an object of settings, "
+                        f"not {type(settings).__name__} {settings!r}"
+                    )
 
 
 def _validate_shipped_record(fields: dict[str, Any], file: Path) -> None:

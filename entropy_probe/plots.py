@@ -117,6 +117,8 @@ def plot_result(result: str | Path, out: str | Path | None = None, overwrite: bo
     from .results import check_output_path, read_dataset
 
     result = Path(result)
+    if not result.is_file():
+        raise OutputError(f"result file {str(result)!r} not found; give a .nc file written by measure, compare or reproduce")
     dataset = read_dataset(result)
     title = str(dataset.attrs.get("title", ""))
     if title == "entropy-probe reproduction":

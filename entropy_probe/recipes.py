@@ -37,7 +37,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .catalog import CatalogEntry, CatalogError, get_entry
+from .catalog import CatalogEntry, CatalogError, get_entry, load_catalog
 from .errors import SpecError
 from .probe import MeasureSettings
 from .sampling import SamplerSettings
@@ -178,8 +178,6 @@ def reproduce_section(entry: CatalogEntry) -> dict[str, Any]:
 
 
 def reproducible_recipes() -> list[str]:
-    from .catalog import load_catalog
-
     return sorted(name for name, e in load_catalog().items() if e.kind == "recipe" and isinstance(e.fields.get("reproduce"), dict))
 
 
@@ -203,7 +201,7 @@ def scale_settings(entry: CatalogEntry, scale: str) -> dict[str, Any]:
         raise SpecError(f"recipe {entry.name!r} has no scale {scale!r}; choose one of {', '.join(scales)}")
     override = scales[scale]
     if not isinstance(override, dict):
-        raise CatalogError(f"recipe {entry.name!r}: scale {scale!r} must be an object")
+        raise CatalogError(f"recipe {entry.name!r}: scale {scale!r} must be an object, not {type(override).__name__} {override!r}")
     base = {key: value for key, value in section.items() if key != "scales"}
     override_axes = override.get("axes", {})
     settings = merge(base, {key: value for key, value in override.items() if key != "axes"})
@@ -227,9 +225,17 @@ def _merge_axes(recipe: str, scale: str, axes: Any, overrides: Any) -> list[dict
 
 def load_plan(recipe: str, scale: str, variables: Optional[dict[str, str]] = None, device: str = "cpu") -> Plan:
     """Resolve a recipe of the catalog at a scale into the plan of its items."""
+    if recipe not in load_catalog():
+        raise SpecError(
+            f"unknown recipe {recipe!r}; reproducible recipes: {', '.join(reproducible_recipes()) or 'none'} "
+            f"(see 'entropy-probe catalog list')"
+        )
     entry = get_entry(recipe)
-    settings = scale_settings(entry, scale)
-    return build_plan(entry, scale, settings, variables or {}, device)
+    try:
+        settings = scale_settings(entry, scale)
+        return build_plan(entry, scale, settings, variables or {}, device)
+    except CatalogError as error:
+        raise CatalogError(f"{error}; fix the file {str(entry.file)!r}") from None
 
 
 def build_plan(entry: CatalogEntry, scale: str, settings: dict[str, Any], variables: dict[str, str], device: str) -> Plan:
@@ -266,7 +272,7 @@ def _parse_axis(recipe: str, raw: dict[str, Any]) -> Axis:
         raise CatalogError(f"recipe {recipe!r}: axis name {name!r} must be an identifier such as n_c")
     values = raw.get("values")
     if not isinstance(values, list) or not values:
-        raise CatalogError(f"recipe {recipe!r}: axis {name!r} needs a non-empty list of values")
+        raise CatalogError(f"recipe {recipe!r}: axis {name!r} needs a non-empty list of values, not {values!r}")
     labels = raw.get("labels", [str(v) for v in values])
     if not isinstance(labels, list) or len(labels) != len(values):
         raise CatalogError(f"recipe {recipe!r}: axis {name!r} has {len(values)} values but labels {labels!r}")

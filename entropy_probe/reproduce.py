@@ -3,14 +3,16 @@
 Layout of an output directory DIR:
 
     DIR/plan.json                            the resolved plan (recipe, scale, every item's settings)
-    DIR/events.jsonl                         one JSON line per item and invocation: skipped, finished, failed
+    DIR/events.jsonl                         one JSON line per item and invocation: skipped, finished, failed, interrupted
     DIR/items/NAME/run/                      the item's training run (see docs/checkpoints.md)
     DIR/items/NAME/epoch-NNNN.nc             the measurement of one checkpoint, with generated samples
     DIR/combined.nc                          every measurement on the study's axes, NaN where missing
     DIR/figures/*.png, DIR/summary.txt       figures and fitted numbers (see `analysis`)
 
 Every file is written atomically, so an item is finished exactly when all its epoch files exist.
-A second invocation skips the finished items and measurements. A training run that was cut
+Ctrl-C or SIGTERM stops the sweep. The main process unwinds its writes, and worker processes
+(`jobs` > 1) are killed and the temporary files of their writes removed, so nothing is left
+half written. A second invocation skips the finished items and measurements. A training run that was cut
 short resumes from its last saved epoch (the trainer's resume state). All items of a study
 share the measurement seed, nodes and samples, so every checkpoint sees the same draws (common
 random numbers).
@@ -19,7 +21,6 @@ random numbers).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -27,9 +28,9 @@ import logging
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import xarray as xr
 
-from . import __version__
+from . import __version__, interrupts
 from .checkpoint import write_json_atomic
 from .errors import OutputError, UserError
 from .probe import MeasureSettings
@@ -117,7 +118,7 @@ def prepare_output(plan: Plan, out: str | Path) -> Path:
     try:
         (out / ITEMS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}") from None
+        raise OutputError(f"cannot create output directory {str(out)!r}: {error.strerror}; choose another --out") from None
     write_json_atomic(plan_path, {**plan.describe(), "fingerprint": record, "package_version": __version__})
     return out
 
@@ -265,7 +266,9 @@ def run_plan(plan: Plan, out: str | Path, jobs: int = 1, hooks: Optional[Hooks] 
     """Run every unfinished item; return the event records of this invocation.
 
     With jobs > 1, items run in that many spawned worker processes, each with one torch thread.
-    A failed item is logged and recorded; the other items still run.
+    A failed item is logged and recorded; the other items still run. Ctrl-C or SIGTERM raises
+    KeyboardInterrupt after the workers have stopped; the item in progress is recorded as
+    interrupted, and a re-run resumes it.
     """
     out = prepare_output(plan, out)
     hooks = hooks or Hooks()
@@ -281,39 +284,66 @@ def run_plan(plan: Plan, out: str | Path, jobs: int = 1, hooks: Optional[Hooks] 
             if hooks.on_item is not None:
                 hooks.on_item(item, event)
     logger.info("%d of %d items to run with %d job(s)", len(pending), len(plan.items), jobs)
-    if jobs <= 1:
-        for item in pending:
-            event = _run_and_record(item, out, plan, hooks.on_epoch)
-            events.append(event)
-            if hooks.on_item is not None:
-                hooks.on_item(item, event)
-        return events
-
-    context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
-    try:
-        with _sigterm_as_interrupt():
-            futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
-            for future in concurrent.futures.as_completed(futures):
-                item = futures[future]
-                event = future.result()
-                if event.get("action") == "failed":
-                    logger.error("%s failed: %s", item.name, event.get("error"))
-                event["time"] = _now()
-                append_event(out, event)
-                events.append(event)
-                if hooks.on_item is not None:
-                    hooks.on_item(item, event)
-    except BaseException:
-        # Stop the workers now instead of waiting for their items: a re-run resumes them.
-        _terminate_workers(pool)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with interrupts.catch_signals():
+        if jobs <= 1:
+            _run_in_this_process(pending, out, plan, hooks, events)
+        else:
+            _run_in_workers(pending, out, plan, jobs, hooks, events)
     return events
 
 
+def _run_in_this_process(pending: list[Item], out: Path, plan: Plan, hooks: Hooks, events: list) -> None:
+    for position, item in enumerate(pending):
+        try:
+            event = _run_and_record(item, out, plan, hooks.on_epoch)
+        except KeyboardInterrupt:
+            # The writes of this process unwind through their cleanup, so nothing is half written.
+            _record_interrupted(out, pending[position:])
+            raise
+        events.append(event)
+        if hooks.on_item is not None:
+            hooks.on_item(item, event)
+
+
+def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks: Hooks, events: list) -> None:
+    context = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
+    recorded: set[str] = set()
+    try:
+        futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
+        for future in concurrent.futures.as_completed(futures):
+            item = futures[future]
+            event = future.result()
+            if event.get("action") == "failed":
+                logger.error("%s failed: %s", item.name, event.get("error"))
+            event["time"] = _now()
+            append_event(out, event)
+            recorded.add(item.name)
+            events.append(event)
+            if hooks.on_item is not None:
+                hooks.on_item(item, event)
+    except BaseException:
+        # Stop the workers now instead of waiting for their items. A re-run resumes them.
+        _terminate_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        unrecorded = [item for item in pending if item.name not in recorded]
+        for item in unrecorded:
+            remove_partial_writes(item_directory(out, item))
+        _record_interrupted(out, unrecorded)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _record_interrupted(out: Path, items: list[Item]) -> None:
+    """Record each of `items` as interrupted, or as finished when its last write came before the signal."""
+    for item in items:
+        action = "interrupted" if missing_epochs(out, item) else "finished"
+        append_event(out, {"item": item.name, "action": action, "time": _now()})
+        logger.info("%s: %s", item.name, "interrupted; a re-run resumes it" if action == "interrupted" else "finished")
+
+
 def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Kill every worker with SIGTERM, whose default action the workers keep (exit at once)."""
     terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
     if terminate is not None:
         terminate()
@@ -324,21 +354,34 @@ def _terminate_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         process.terminate()
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt in the main thread, so the workers get stopped too."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+#: Names of what an atomic write leaves while it runs: `.NAME.XXXXXXXX.tmp` files,
+#: `.NAME.XXXXXXXX` staging folders and `.NAME.old.XXXXXXXX` folders moved aside (see checkpoint.py).
+_MOVED_ASIDE = re.compile(r"\.(?P<name>.+)\.old\.[A-Za-z0-9_]+")
+
+
+def remove_partial_writes(directory: Path) -> None:
+    """Delete what a killed process left of its atomic writes below `directory`.
+
+    Every write goes to a hidden temporary file or folder that is renamed into place when it is
+    complete, so those hidden entries are removed. A checkpoint folder moved aside
+    (`.NAME.old.*`) whose replacement was never renamed into place is moved back to NAME.
+    """
+    if not directory.is_dir():
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    for parent, folders, files in os.walk(directory):
+        base = Path(parent)
+        for name in files:
+            if name.startswith("."):
+                (base / name).unlink(missing_ok=True)
+        for name in [folder for folder in folders if folder.startswith(".")]:
+            folders.remove(name)
+            moved = _MOVED_ASIDE.fullmatch(name)
+            target = base / moved.group("name") if moved else None
+            if target is not None and not target.exists():
+                os.replace(base / name, target)
+                logger.info("restored %s from the copy that an interrupted save moved aside", target)
+            else:
+                shutil.rmtree(base / name, ignore_errors=True)
 
 
 def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, Any]:
@@ -355,6 +398,8 @@ def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, An
 def _init_worker() -> None:
     import torch
 
+    # Ctrl-C reaches the whole process group, but only the main process handles it (it kills the workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -494,17 +539,27 @@ def _gather_losses(plan: Plan, out: Path, shape, dims) -> dict[str, xr.DataArray
         for entry in log:
             loss[index + (position[entry["epoch"]],)] = entry["loss"]
             seconds[index + (position[entry["epoch"]],)] = entry.get("seconds", np.nan)
-    weighting = plan.items[0].train.weighting
-    loss_units = NATS if weighting == "likelihood" else "1"
-    loss_name = (
-        "training loss E|σ e_θ + σ k x_t + ε|², summed over dimensions (sigma2 weighting)"
-        if weighting == "sigma2"
-        else "training loss (t_max − t_min) E (g²/2)|e_θ − s_c|² (likelihood weighting)"
-    )
+    weightings = {item_directory(out, item).name: item.train.weighting for item in plan.items}
+    loss_name = {
+        "sigma2": "training loss E|σ e_θ + σ k x_t + ε|², summed over dimensions (sigma2 weighting)",
+        "likelihood": "training loss (t_max − t_min) E (g²/2)|e_θ − s_c|² (likelihood weighting)",
+    }
+    if len(set(weightings.values())) == 1:
+        weighting = plan.items[0].train.weighting
+        loss_units = NATS if weighting == "likelihood" else "1"
+        loss_attrs = {"units": loss_units, "long_name": loss_name[weighting], "weighting": weighting}
+    else:
+        # The items of one study may train with different loss weightings, whose values and
+        # units differ, so the attribute records the weighting of every item.
+        loss_attrs = {
+            "units": "1 (sigma2 weighting) or nats (likelihood weighting)",
+            "long_name": "training loss; its weighting differs between items",
+            "weighting": json.dumps(weightings),
+        }
     train_dims = tuple(dims) + ("train_epoch",)
     coordinate = xr.DataArray(np.asarray(train_epochs), dims=("train_epoch",), attrs={"units": "epochs", "long_name": "training epoch of the loss log"})
     return {
-        "train_loss": xr.DataArray(loss, dims=train_dims, coords={"train_epoch": coordinate}, attrs={"units": loss_units, "long_name": loss_name, "weighting": weighting}),
+        "train_loss": xr.DataArray(loss, dims=train_dims, coords={"train_epoch": coordinate}, attrs=loss_attrs),
         "train_epoch_seconds": xr.DataArray(seconds, dims=train_dims, coords={"train_epoch": coordinate}, attrs={"units": "s", "long_name": "wall time of the training epoch"}),
     }
 
@@ -596,19 +651,21 @@ def reproduce(
 ) -> tuple[xr.Dataset, list[dict[str, Any]]]:
     """Run the plan, write the combined Dataset, the figures and the summary; return them.
 
-    Raises UserError after writing when some items failed; a re-run retries them.
+    Raises UserError after writing when some items failed; a re-run retries them. Ctrl-C or
+    SIGTERM raises KeyboardInterrupt, leaving every file written so far whole.
     """
     started = time.perf_counter()
-    events = run_plan(plan, out, jobs=jobs, hooks=hooks)
-    dataset, path = write_combined(plan, out)
-    elapsed = time.perf_counter() - started
-    logger.info("wrote %s (%.0f s)", path, elapsed)
-    if figures:
-        from .analysis import summarize_study
-        from .study_figures import plot_study
+    with interrupts.catch_signals():
+        events = run_plan(plan, out, jobs=jobs, hooks=hooks)
+        dataset, path = write_combined(plan, out)
+        elapsed = time.perf_counter() - started
+        logger.info("wrote %s (%.0f s)", path, elapsed)
+        if figures:
+            from .analysis import summarize_study
+            from .study_figures import plot_study
 
-        plot_study(dataset, Path(out) / "figures")
-        _write_text(Path(out) / "summary.txt", summarize_study(dataset))
+            plot_study(dataset, Path(out) / "figures")
+            _write_text(Path(out) / "summary.txt", summarize_study(dataset))
     failed = [event["item"] for event in events if event.get("action") == "failed"]
     if failed:
         raise UserError(

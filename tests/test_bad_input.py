@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 
 def _permissions_enforced() -> bool:
     """Return whether a file with mode 0 is unreadable here (not so for root with its usual capabilities)."""
@@ -79,6 +80,12 @@ M = ("measure",)
 #: Every case writes to its own path, so that a case that wrongly succeeds cannot break another.
 OUT = ("--out", "{w}/{n}.nc")
 R = "{w}/{n}.nc"
+
+RP = ("reproduce",)
+TINY = ("--scale", "tiny")
+#: Output directory of a reproduce case.
+D = "{w}/{n}"
+DIR_OUT = ("--out", D)
 
 CASES = [
     # --- paths -------------------------------------------------------------------------------
@@ -182,6 +189,29 @@ CASES = [
     case("recipe-bad-process", ("catalog", "show", "my-recipe"), ("my-recipe.json", "'nope'", "fix the file"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-process"}),
     case("recipe-name-mismatch", ("catalog", "list"), ("my-recipe.json", "'other-name'", "must equal the file name"), env={"ENTROPY_PROBE_CATALOG": "{w}/cat-name"}),
     case("recipe-as-checkpoint", M + ("paper-cifar10-unet-vp",) + OUT, ("'paper-cifar10-unet-vp'", "recipe without weights", "entropy-probe train"), R),
+    # --- reproduce and plot ------------------------------------------------------------------
+    case("reproduce-unknown-recipe", RP + ("no-such-recipe",) + TINY + DIR_OUT, ("unknown recipe 'no-such-recipe'", "paper-gmm", "catalog list"), D),
+    case("reproduce-not-a-recipe", RP + ("mnist-unet-vp",) + TINY + DIR_OUT, ("'mnist-unet-vp'", "no reproduce section", "paper-gmm"), D),
+    case("reproduce-unknown-scale", RP + ("paper-gmm", "--scale", "huge") + DIR_OUT, ("no scale 'huge'", "tiny, cpu, paper"), D),
+    case("reproduce-recipe-invalid-json", RP + ("my-recipe",) + TINY + DIR_OUT, ("{w}/cat-json/my-recipe.json", "cannot read", "fix the file"), D, env={"ENTROPY_PROBE_CATALOG": "{w}/cat-json"}),
+    case(
+        "reproduce-scale-wrong-type", RP + ("my-recipe",) + TINY + DIR_OUT,
+        ("{w}/cat-scale/my-recipe.json", "reproduce.scales.tiny", "not str 'fast'", "fix the file"), D, env={"ENTROPY_PROBE_CATALOG": "{w}/cat-scale"},
+    ),
+    case(
+        "reproduce-axis-without-values", RP + ("my-recipe",) + TINY + DIR_OUT,
+        ("axis 'dim'", "non-empty list of values, not []", "fix the file '{w}/cat-axis/my-recipe.json'"), D, env={"ENTROPY_PROBE_CATALOG": "{w}/cat-axis"},
+    ),
+    case("reproduce-out-is-file", RP + ("paper-gmm",) + TINY + ("--out", "{w}/afile"), ("'{w}/afile' is a file", "--out"), ()),
+    case("reproduce-out-unwritable", RP + ("paper-gmm",) + TINY + ("--out", "{w}/ro/{n}"), ("'{w}/ro/{n}'", "Permission denied", "--out"), "{w}/ro/{n}", needs_permissions=True),
+    # Root ignores permissions, but not a file system that refuses new folders.
+    case("reproduce-out-refuses-files", RP + ("paper-gmm",) + TINY + ("--out", "/proc/{n}"), ("cannot create output directory '/proc/{n}'", "--out"), "/proc/{n}"),
+    case("reproduce-jobs-zero", RP + ("paper-gmm",) + TINY + DIR_OUT + ("--jobs", "0"), ("--jobs", "0 is invalid", ">= 1"), D),
+    case("plot-missing-result", ("plot", "{w}/missing.nc", "--out", "{w}/{n}.png"), ("'{w}/missing.nc' not found", "measure, compare or reproduce"), "{w}/{n}.png"),
+    case(
+        "plot-foreign-netcdf", ("plot", "{w}/foreign.nc", "--out", "{w}/{n}.png"),
+        ("'{w}/foreign.nc'", "not a result of measure, compare or reproduce", "give a file written by one of them"), "{w}/{n}.png",
+    ),
     # --- other commands ----------------------------------------------------------------------
     case("compare-bad-process", ("compare", "{w}/gmm2", "--process", "vp", "--process", "nope", "--out", "{w}/c.nc"), ("'nope'",), "{w}/c.nc"),
     case("audit-infinite-train-set", ("audit", "{w}/gmm2", "--train", "gmm:dim=2", "--heldout", "gmm:dim=2", "--out", "{w}/a.nc"), ("gmm:dim=2", "n="), "{w}/a.nc"),
@@ -197,7 +227,7 @@ CASES = [
 #: huggingface_hub is imported.
 SUBPROCESS_ONLY = {"hub-id-not-cached"}
 #: Cases that also run through the installed script, for the real stderr and exit status.
-SUBPROCESS_TOO = {"missing-checkpoint", "unknown-process", "malicious-pickle", "output-exists"}
+SUBPROCESS_TOO = {"missing-checkpoint", "unknown-process", "malicious-pickle", "output-exists", "reproduce-unknown-recipe"}
 #: --debug runs of the installed script, which must print the traceback.
 SCRIPT_DEBUG_CASES = [("measure", "{w}/nothing", "--out", R), ("train", "--data", "imagenet", "--out", "{w}/run0")]
 
@@ -211,6 +241,8 @@ DEBUG_CASES = [
     ("export", "{w}/nothing", "--out", "{w}/exported"),
     ("oracle", "gmm", "--from-file", "{w}/missing.npz", "--out", "{w}/o0"),
     ("catalog", "show", "no-such-model"),
+    ("reproduce", "no-such-recipe", "--scale", "tiny", "--out", "{w}/run0"),
+    ("plot", "{w}/missing.nc", "--out", "{w}/missing.png"),
 ]
 
 
@@ -294,6 +326,7 @@ def build_workspace(root: Path) -> None:
     np.savez(root / "rgb.npz", x=np.zeros((4, 3, 28, 28)))
     np.savez(root / "empty.npz", x=np.zeros((0, 2)))
     np.savez(root / "nan.npz", x=np.array([[0.0, 1.0], [np.nan, 2.0]]))
+    xr.Dataset({"v": ("x", np.arange(3.0))}, attrs={"title": "another program's data"}).to_netcdf(root / "foreign.nc", engine="h5netcdf")
     np.savez(root / "objects.npz", weights=np.array([{"a": 1}], dtype=object), means=np.zeros((1, 2)), stds=np.ones((1, 2)))
 
     shutil.copytree(_shipped("mnist-unet-vp"), root / "unet")
@@ -313,6 +346,22 @@ def build_workspace(root: Path) -> None:
         "cat-name": {**recipe, "name": "other-name"},
     }
     for folder, fields in variants.items():
+        (root / folder).mkdir()
+        _write_json(root / folder / "my-recipe.json", fields)
+    reproducible = {
+        **recipe,
+        "reproduce": {
+            "analysis": "epochs",
+            "axes": [{"name": "dim", "values": [2]}],
+            "train": {"model": "mlp", "data": "gmm:dim={dim},n=16", "epochs": 1},
+            "scales": {"tiny": {}},
+        },
+    }
+    scale_wrong_type = json.loads(json.dumps(reproducible))
+    scale_wrong_type["reproduce"]["scales"]["tiny"] = "fast"
+    axis_without_values = json.loads(json.dumps(reproducible))
+    axis_without_values["reproduce"]["axes"][0]["values"] = []
+    for folder, fields in {"cat-scale": scale_wrong_type, "cat-axis": axis_without_values}.items():
         (root / folder).mkdir()
         _write_json(root / folder / "my-recipe.json", fields)
     (root / "cat-json").mkdir()

@@ -210,6 +210,10 @@ def test_gmm_combined_dataset(gmm_sweep):
     single = read_dataset(item_directory(out, plan.items[1]) / epoch_file_name(2))
     assert float(saved["s_nn"].sel(dim=3, process="sl", seed=0, epoch=2)) == float(single["s_nn"])
     assert saved["train_loss"].sizes["train_epoch"] == 2
+    # vp trains with the likelihood weighting and sl with the σ² weighting, so the loss says which.
+    weightings = json.loads(saved["train_loss"].attrs["weighting"])
+    assert weightings[item_directory(out, plan.items[0]).name] == "likelihood"
+    assert weightings[item_directory(out, plan.items[1]).name] == "sigma2"
     assert saved["generated"].sizes["component"] == 3
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == ["rates.png", "s_nn_fraction.png", "s_nn_vs_epoch.png", "samples_sl.png", "samples_vp.png", "samples_vpx.png"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .. import interrupts
 from . import cli
 from .common import check_device, positive_int
 
@@ -28,8 +29,9 @@ def reproduce_command(recipe, scale, out, jobs, data_dir, device, figures, dry_r
 
     RECIPE is a catalog recipe with a reproduce section (see 'entropy-probe catalog list').
     DIR receives one training run and one result file per checkpoint under DIR/items, the
-    combined Dataset DIR/combined.nc, figures under DIR/figures and DIR/summary.txt. An
-    interrupted sweep continues where it stopped when run again with the same DIR.
+    combined Dataset DIR/combined.nc, figures under DIR/figures and DIR/summary.txt. A sweep
+    stopped by Ctrl-C or SIGTERM keeps its finished items and epochs and continues where it
+    stopped when run again with the same DIR.
 
     \b
     Examples:
@@ -49,7 +51,14 @@ def reproduce_command(recipe, scale, out, jobs, data_dir, device, figures, dry_r
         return
     if jobs > 1 and resolved_device.startswith("cuda"):
         logger.warning("--jobs %d on %s: every worker process uses the same GPU", jobs, resolved_device)
-    dataset, events = reproduce(plan, out, jobs=jobs, figures=figures)
+    with interrupts.catch_signals():
+        try:
+            dataset, events = reproduce(plan, out, jobs=jobs, figures=figures)
+        except KeyboardInterrupt:
+            raise interrupts.interrupted(
+                f"reproduce was interrupted; finished items and epochs are kept in {str(out)!r}; "
+                f"run the same command again to continue"
+            ) from None
     ran = sum(1 for event in events if event.get("action") == "finished")
     skipped = sum(1 for event in events if event.get("action") == "skipped")
     click.echo(f"{ran} item(s) run, {skipped} skipped (finished earlier)")
