@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import xarray as xr
@@ -250,6 +250,16 @@ def last_epoch(dataset: xr.Dataset, name: str) -> xr.DataArray:
     return array.isel(epoch=index)
 
 
+def _last_measured_epoch(dataset: xr.Dataset, where: dict[str, Any], default: int) -> int:
+    """Return the last epoch at which any seed of the selected items has an S_NN value."""
+    measured = dataset["s_nn"].sel(where).notnull()
+    other_dims = [name for name in measured.dims if name != "epoch"]
+    if other_dims:
+        measured = measured.any(other_dims)
+    epochs = dataset["epoch"].values[measured.values]
+    return int(epochs[-1]) if len(epochs) else default
+
+
 def seed_mean(array: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     """Mean over seeds and its standard error (0 with one seed)."""
     if "seed" not in array.dims:
@@ -298,7 +308,7 @@ def _summarize_epochs(dataset: xr.Dataset) -> list[str]:
             where = {k: v for k, v in (("process", process), ("dim", dim)) if v is not None}
             value = float(s_nn.sel(where))
             spread = float(s_nn_se.sel(where))
-            text = f"  {process or ''} d={dim}: S_NN(epoch {last}) = {value:.4g} ± {spread:.2g}"
+            text = f"  {process or ''} d={dim}: S_NN(epoch {_last_measured_epoch(dataset, where, last)}) = {value:.4g} ± {spread:.2g}"
             if has_tot:
                 tot = dataset["s_tot"].sel({k: v for k, v in where.items() if k in dataset["s_tot"].dims})
                 tot_value = float(tot.mean()) if tot.size > 1 else float(tot)

@@ -14,6 +14,7 @@ from entropy_probe.analysis import (
     growth_points,
     last_epoch,
     seed_mean,
+    summarize_study,
 )
 
 N_TRAIN = np.array([10, 40, 100, 400, 1000, 4000, 10000, 40000, 60000], dtype=float)
@@ -143,3 +144,19 @@ def test_seed_mean_and_stderr():
     mean, stderr = seed_mean(_study(values)["s_nn"])
     np.testing.assert_allclose(mean.values, [[2.0, 3.0], [6.0, 7.0]])
     np.testing.assert_allclose(stderr.values, np.full((2, 2), np.sqrt(2.0) / np.sqrt(2.0)))
+
+
+def test_summary_names_each_last_epoch():
+    """Processes trained for different numbers of epochs are reported at their own last epoch."""
+    s_nn = np.array([[[1.0, 2.0, 3.0], [10.0, 20.0, np.nan]]])
+    dataset = xr.Dataset(
+        {
+            "s_nn": (("dim", "process", "epoch"), s_nn),
+            "s_tot": (("dim", "process"), np.array([[3.1, 30.0]])),
+        },
+        coords={"dim": [3], "process": ["vp", "sl"], "epoch": [5, 20, 25]},
+        attrs={"analysis": "epochs"},
+    )
+    summary = summarize_study(dataset)
+    assert "vp d=3: S_NN(epoch 25) = 3 " in summary
+    assert "sl d=3: S_NN(epoch 20) = 20 " in summary
