@@ -299,8 +299,18 @@ def summarize_study(dataset: xr.Dataset) -> str:
 
 
 def _summarize_epochs(dataset: xr.Dataset) -> list[str]:
-    lines = ["", "S_NN at the last epoch (mean ± standard error over seeds) against the exact-law S_tot [nats]:"]
-    s_nn, s_nn_se = seed_mean(last_epoch(dataset, "s_nn"))
+    seeds = dataset.sizes.get("seed", 1)
+    if seeds > 1:
+        heading = "S_NN at the last epoch (mean ± standard error over seeds) against the exact-law S_tot [nats]:"
+        s_nn, s_nn_se = seed_mean(last_epoch(dataset, "s_nn"))
+    else:
+        # With one seed the spread over seeds is unknown, so the Monte Carlo error is shown.
+        heading = "S_NN at the last epoch (± Monte Carlo standard error, one seed) against the exact-law S_tot [nats]:"
+        s_nn = last_epoch(dataset, "s_nn")
+        s_nn_se = last_epoch(dataset, "s_nn_stderr") if "s_nn_stderr" in dataset else xr.zeros_like(s_nn)
+        if "seed" in s_nn.dims:
+            s_nn, s_nn_se = s_nn.squeeze("seed", drop=True), s_nn_se.squeeze("seed", drop=True)
+    lines = ["", heading]
     has_tot = "s_tot" in dataset
     last = int(dataset["epoch"].values[-1])
     for process in dataset["process"].values if "process" in dataset.dims else [None]:

@@ -158,5 +158,6 @@ def test_summary_names_each_last_epoch():
         attrs={"analysis": "epochs"},
     )
     summary = summarize_study(dataset)
+    assert "one seed" in summary
     assert "vp d=3: S_NN(epoch 25) = 3 " in summary
     assert "sl d=3: S_NN(epoch 20) = 20 " in summary
