@@ -132,12 +132,18 @@ def _information(rss_weighted: float, rss: float, n: int, weighted: bool) -> flo
     return n * math.log(max(rss, np.finfo(float).tiny) / n) + 2 * 3
 
 
-def fit_log_law(n_train, s_nn, stderr=None, weighting: Optional[Weighting] = None) -> LawFit:
-    """Fit S = a + b ln N; see the module docstring for the weighting and the covariance."""
+def _fit_points(n_train, s_nn, stderr, weighting: Optional[Weighting]):
+    """Return the finite points of a growth-law fit and its weighting; raise with fewer than two sizes."""
     weighting = weighting or choose_weighting(n_train, s_nn, stderr)
     n_train, s_nn, _ = _clean(n_train, s_nn, stderr)
     if np.unique(n_train).size < 2:
         raise ValueError("a growth law needs S_NN at two or more distinct N")
+    return n_train, s_nn, weighting
+
+
+def fit_log_law(n_train, s_nn, stderr=None, weighting: Optional[Weighting] = None) -> LawFit:
+    """Fit S = a + b ln N; see the module docstring for the weighting and the covariance."""
+    n_train, s_nn, weighting = _fit_points(n_train, s_nn, stderr, weighting)
     w = weighting.weights
     design = np.column_stack([np.ones_like(s_nn), np.log(n_train)])
     normal = design.T @ (w[:, None] * design)
@@ -148,10 +154,7 @@ def fit_log_law(n_train, s_nn, stderr=None, weighting: Optional[Weighting] = Non
 
 def fit_power_law(n_train, s_nn, stderr=None, weighting: Optional[Weighting] = None) -> LawFit:
     """Fit S = c N^p by nonlinear least squares, started from a straight line in log-log."""
-    weighting = weighting or choose_weighting(n_train, s_nn, stderr)
-    n_train, s_nn, _ = _clean(n_train, s_nn, stderr)
-    if np.unique(n_train).size < 2:
-        raise ValueError("a growth law needs S_NN at two or more distinct N")
+    n_train, s_nn, weighting = _fit_points(n_train, s_nn, stderr, weighting)
     w = weighting.weights
     if np.all(s_nn > 0):
         slope, intercept = np.polyfit(np.log(n_train), np.log(s_nn), 1)

@@ -14,6 +14,17 @@ os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread: their networks are small and the cores may be shared."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def run_cli(*args: str, cwd: str | Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m entropy_probe ARGS` in a subprocess and capture its output."""
     full_env = dict(os.environ)

@@ -28,12 +28,7 @@ TRAIN = "gmm:dim=5,n=50,sample_seed=1"
 HELDOUT = "gmm:dim=5,n=400,sample_seed=2"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_settings(**options) -> AuditSettings:

@@ -17,12 +17,7 @@ from entropy_probe.processes import from_spec
 from entropy_probe.sampling import TAG_PERTURB, sample_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(**options) -> LikelihoodSettings:

@@ -36,12 +36,7 @@ register_commands()
 RECIPES = ("paper-gmm", "paper-mnist-unet", "paper-cifar10-unet-vp")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Stop(Exception):
@@ -210,7 +205,7 @@ def test_gmm_combined_dataset(gmm_sweep):
     single = read_dataset(item_directory(out, plan.items[1]) / epoch_file_name(2))
     assert float(saved["s_nn"].sel(dim=3, process="sl", seed=0, epoch=2)) == float(single["s_nn"])
     assert saved["train_loss"].sizes["train_epoch"] == 2
-    # vp trains with the likelihood weighting and sl with the σ² weighting, so the loss says which.
+    # vp trains with the likelihood weighting and sl with the σ² weighting, so the loss records each item's weighting.
     weightings = json.loads(saved["train_loss"].attrs["weighting"])
     assert weightings[item_directory(out, plan.items[0]).name] == "likelihood"
     assert weightings[item_directory(out, plan.items[1]).name] == "sigma2"

@@ -15,13 +15,7 @@ from entropy_probe.processes import from_spec
 from entropy_probe.sampling import TAG_SAMPLE, SamplerSettings, log_sigma_tilde_nodes, sample, sample_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches run faster on one thread, and the CPU may be shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(**options) -> SamplerSettings:

@@ -38,12 +38,7 @@ SHORT_DATA = {"mnist:n_c=10": "mnist:n_c=1", "gmm:dim=3,seed=0,n=8192,sample_see
 RUN_DEPENDENT = {"weights_sha256", "epoch", "step", "loss", "converted_from"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _entry(name: str):

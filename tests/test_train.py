@@ -19,13 +19,7 @@ from entropy_probe.train import TrainSettings, load_network, read_loss_log, trai
 from entropy_probe.train.networks import build_core, count_parameters, unet_arguments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The networks here are tiny; one thread is faster and avoids contention on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MIXTURE = "gmm:dim=2,components=5,seed=3,n=2048"
