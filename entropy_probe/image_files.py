@@ -85,7 +85,7 @@ def _check_directory(directory: str, spec: str, example: str) -> Path:
         raise SpecError(f"data specification {spec!r} needs a directory: {example}")
     path = Path(directory).expanduser()
     if path.exists() and not path.is_dir():
-        raise DataError(f"{str(path)!r} in {spec!r} is a file, but a data directory is expected; give the directory that holds the files ({example})")
+        raise DataError(f"{str(path)!r} in {spec!r} is a file, but a data directory is expected; give the directory that contains the files ({example})")
     if not path.is_dir():
         raise DataError(f"data directory {str(path)!r} of {spec!r} not found; give an existing directory ({example})")
     return path

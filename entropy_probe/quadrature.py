@@ -25,7 +25,7 @@ from .processes import Process
 RULES = ("simpson", "trapezoid", "gauss", "trapezoid-t")
 
 
-#: How `Grid.cumulative_integral` forms partial integrals. "simpson" and "trapezoid" are the
+#: Rules by which `Grid.cumulative_integral` forms partial integrals. "simpson" and "trapezoid" are the
 #: partial sums of the rule itself. "interpolated" (for gauss) is the trapezoid rule through the
 #: nodes, with the first value held constant down to the left end. "midpoint" (for strata) sums
 #: the cells before a node and half of its own.

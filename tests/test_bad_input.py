@@ -1,9 +1,9 @@
 """Bad input through the real command line: one clear error, no traceback, no output left behind.
 
 Every case calls the console script's entry point `entropy_probe.cli:main` with its arguments,
-in-process (fast), and checks: a non-zero exit status, exactly one `error:` line on stderr that
-names the bad value and the fix, no exception other than the exit, and no output file or
-temporary sibling of it. A few cases also run the installed `entropy-probe` script in a
+in-process (fast). It checks for a non-zero exit status and exactly one `error:` line on stderr
+that names the bad value and the fix. It also checks that no exception other than the exit is
+raised and that no output file or temporary sibling of it is left. A few cases also run the installed `entropy-probe` script in a
 subprocess, where "no traceback" is checked on the real stderr, and `--debug` is shown to
 bring the traceback back.
 """

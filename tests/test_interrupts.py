@@ -342,7 +342,7 @@ def test_resumed_sums_equal_uninterrupted(design, mixture_dir):
     with pytest.raises(KeyboardInterrupt):
         measure(model, process, data, settings, reference=model, on_batch=stop_after_three)
     sums, done = reported[-1]
-    # A batch holds 10 evaluations: 10 samples, or 5 antithetic pairs.
+    # A batch contains 10 evaluations: 10 samples, or 5 antithetic pairs.
     assert done == 3 * reported[0][1]
     assert done == (15 if settings.antithetic else 30)
     part = measure(model, process, data, settings, reference=model, sums=sums, first_item=done, on_batch=lambda *_: None)
