@@ -87,6 +87,40 @@ def test_ce_bound_with_exact_score(spec, gaussian_params):
     assert float(result["ce_bound_stderr"]) < 0.02 * abs(expected) + 0.05
 
 
+@pytest.mark.parametrize("spec", ["vp", "sl:sigma0=0.1"])
+def test_ce_bound_terms_match_closed_forms(spec, gaussian_params):
+    """The bound is E[−log π(x_T)] + the process constant + the estimated loss, each term exact.
+
+    The 3-standard-error check above cannot see an error of about 1 % in the bound, because the
+    loss is noisy; here every deterministic term is rebuilt from the process's α and log-SNR.
+    """
+    mean, std = gaussian_params
+    oracle = GaussianOracle(mean, std)
+    process = from_spec(spec)
+    result = measure(
+        oracle, process, oracle_source(oracle, "g"), MeasureSettings(samples=64, nodes=17, progress=False, seed=3), reference=oracle
+    )
+    dim = mean.size
+    t_min, t_max = float(result.attrs["t_min"]), float(result.attrs["t_max"])
+    variance = float(result["ce_prior_term"].attrs["prior_variance"])
+    if spec == "vp":
+        assert variance == 1.0
+    else:
+        assert variance == pytest.approx(0.1**2, rel=1e-12)
+    mean_square = float(process.alpha(t_max)) ** 2 * float(np.sum(mean**2 + std**2)) + dim * float(process.sigma2(t_max))
+    prior = 0.5 * dim * math.log(2 * math.pi * variance) + mean_square / (2 * variance)
+    constant = -dim * math.log(float(process.alpha(t_max)) / float(process.alpha(t_min))) - 0.5 * dim * (
+        float(process.log_snr(t_min)) - float(process.log_snr(t_max))
+    )
+    assert float(result["ce_prior_term"]) == pytest.approx(prior, rel=1e-12)
+    assert float(result["ce_constant_term"]) == pytest.approx(constant, rel=1e-12)
+    bound = prior + constant + float(result["denoising_loss"])
+    assert float(result["ce_bound"]) == pytest.approx(bound, rel=1e-12)
+    assert float(result["ce_bound_stderr"]) == float(result["denoising_loss_stderr"])
+    assert float(result["ce_bound_bits"]) == pytest.approx(bound / math.log(2), rel=1e-12)
+    assert float(result["ce_bound_bpd"]) == pytest.approx(bound / (dim * math.log(2)), rel=1e-12)
+
+
 @pytest.mark.parametrize("dim", [2, 9])
 @pytest.mark.parametrize("spec", ["vp", "sl:sigma0=0.1"])
 def test_mixture_oracle_s_nn_equals_s_tot(cli_run, tmp_path, dim, spec):
