@@ -597,4 +597,27 @@ def summarize(dataset: xr.Dataset) -> str:
             ["score error", value("score_error"), "nats"],
             ["KL bound", value("kl_bound"), "nats"],
         ]
-    return "\n".join(header + format_rows(rows))
+    return "\n".join(header + format_rows(rows) + error_note(dataset))
+
+
+#: S_NN above the cross term by more than this fraction (and 3 standard errors) earns a note.
+EXCESS_FRACTION = 0.05
+
+
+def error_note(dataset: xr.Dataset) -> list[str]:
+    """Return a note when S_NN clearly exceeds the cross term C, else nothing.
+
+    S_NN − 2C + S_tot is the score error, and a converged network has C ≈ S_NN. So S_NN well
+    above C means the network's own error makes up part of S_NN.
+    """
+    s_nn, cross = float(dataset["s_nn"]), float(dataset["cross_term"])
+    stderr = math.hypot(float(dataset["s_nn_stderr"]), float(dataset["cross_term_stderr"]))
+    excess = s_nn - cross
+    if not (excess > 3.0 * stderr and excess > EXCESS_FRACTION * abs(s_nn)):
+        return []
+    return [
+        "",
+        f"note: S_NN exceeds the cross term C by {excess:.4g} nats ({100 * excess / abs(s_nn):.0f} %). A converged "
+        "network has C close to S_NN,",
+        "      so part of this S_NN is the network's score error. The rate plot shows at which times.",
+    ]

@@ -60,3 +60,31 @@ def test_measure_summary_units_and_columns():
     s_tot = format_estimate(float(result["s_tot"]), float(result["s_tot_stderr"]))
     s_nn = format_estimate(float(result["s_nn"]), float(result["s_nn_stderr"]))
     assert rows["S_tot (exact law)"].index(s_tot) == rows["S_NN"].index(s_nn)
+
+
+def _scalars(**values):
+    import xarray as xr
+
+    return xr.Dataset({name: ((), value) for name, value in values.items()})
+
+
+def test_error_note_when_s_nn_exceeds_cross_term():
+    from entropy_probe.probe import error_note
+
+    note = error_note(_scalars(s_nn=80.4, s_nn_stderr=0.3, cross_term=62.7, cross_term_stderr=0.5))
+    assert "S_NN exceeds the cross term C by 17.7 nats (22 %)" in note[1]
+    assert "score error" in note[2]
+
+
+@pytest.mark.parametrize(
+    "s_nn, cross, stderr",
+    [
+        (2418.3, 2503.0, 2.0),  # C above S_NN: an under-trained network, no error signal
+        (100.0, 97.0, 0.1),  # 3 % above: within the allowed fraction
+        (100.0, 90.0, 4.0),  # 10 % above, but within 3 standard errors
+    ],
+)
+def test_no_error_note_within_limits(s_nn, cross, stderr):
+    from entropy_probe.probe import error_note
+
+    assert error_note(_scalars(s_nn=s_nn, s_nn_stderr=stderr, cross_term=cross, cross_term_stderr=stderr)) == []
