@@ -597,7 +597,7 @@ def summarize(dataset: xr.Dataset) -> str:
             ["score error", value("score_error"), "nats"],
             ["KL bound", value("kl_bound"), "nats"],
         ]
-    return "\n".join(header + format_rows(rows) + error_note(dataset))
+    return "\n".join(header + format_rows(rows) + error_note(dataset) + quadrature_note(dataset))
 
 
 #: S_NN above the cross term by more than this fraction (and 3 standard errors) earns a note.
@@ -620,4 +620,26 @@ def error_note(dataset: xr.Dataset) -> list[str]:
         f"note: S_NN exceeds the cross term C by {excess:.4g} nats ({100 * excess / abs(s_nn):.0f} %). A converged "
         "network has C close to S_NN,",
         "      so part of this S_NN is the network's score error. The rate plot shows at which times.",
+    ]
+
+
+#: A quadrature check above this fraction of S_NN (and 3 standard errors) earns a note.
+QUADRATURE_FRACTION = 0.01
+
+
+def quadrature_note(dataset: xr.Dataset) -> list[str]:
+    """Return a note when the grid's quadrature check shows too few nodes for the rate, else nothing."""
+    if "s_nn_quadrature_check" not in dataset:
+        return []
+    difference = float(dataset["s_nn_quadrature_check"])
+    stderr = float(dataset["s_nn_quadrature_check"].attrs.get("stderr", 0.0))
+    s_nn = float(dataset["s_nn"])
+    if not (abs(difference) > 3.0 * stderr and abs(difference) > QUADRATURE_FRACTION * abs(s_nn)):
+        return []
+    return [
+        "",
+        f"note: S_NN differs from the same rule on every other node by {difference:+.4g} nats "
+        f"({100 * difference / abs(s_nn):+.1f} %), so {int(dataset.attrs['nodes'])} nodes are too few",
+        "      for this rate: S_NN and S_tot carry a quadrature error beyond their standard errors. Use more",
+        "      --nodes, or leave out --nodes and --rule for the importance-sampling estimator.",
     ]

@@ -88,3 +88,25 @@ def test_no_error_note_within_limits(s_nn, cross, stderr):
     from entropy_probe.probe import error_note
 
     assert error_note(_scalars(s_nn=s_nn, s_nn_stderr=stderr, cross_term=cross, cross_term_stderr=stderr)) == []
+
+
+def test_quadrature_note_on_coarse_grid():
+    from entropy_probe.probe import quadrature_note
+
+    dataset = _scalars(s_nn=252.6, s_nn_quadrature_check=-40.0)
+    dataset["s_nn_quadrature_check"].attrs["stderr"] = 2.0
+    dataset.attrs["nodes"] = 9
+    note = quadrature_note(dataset)
+    assert "by -40 nats (-15.8 %), so 9 nodes are too few" in note[1]
+    assert "--nodes" in note[3]
+
+
+@pytest.mark.parametrize("check, stderr", [(-2.0, 0.1), (-40.0, 20.0)])
+def test_no_quadrature_note_within_limits(check, stderr):
+    from entropy_probe.probe import quadrature_note
+
+    dataset = _scalars(s_nn=252.6, s_nn_quadrature_check=check)
+    dataset["s_nn_quadrature_check"].attrs["stderr"] = stderr
+    dataset.attrs["nodes"] = 9
+    assert quadrature_note(dataset) == []
+    assert quadrature_note(_scalars(s_nn=252.6)) == []
