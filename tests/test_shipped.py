@@ -89,13 +89,14 @@ def test_shipped_s_nn_matches_record(name):
     model = load_denoiser(name)
     architecture = model.config["architecture"]
     estimator = settings.get("estimator", "grid")
-    design = {"strata": settings["strata"], "proposal": settings["proposal"]} if estimator == "importance" else {}
+    if estimator == "importance":
+        design = {"strata": settings["strata"], "proposal": settings["proposal"]}
+    else:
+        design = {"rule": settings["rule"], "nodes": settings["nodes"]}
     measure_settings = MeasureSettings(
         t_min=settings["t_min"],
         t_max=settings["t_max"],
         estimator=estimator,
-        rule=settings["rule"] if estimator == "grid" else "simpson",
-        nodes=settings["nodes"],
         **design,
         samples=TEST_SAMPLES[architecture],
         seed=settings["seed"] + 1,
