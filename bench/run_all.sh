@@ -1,10 +1,10 @@
 #!/bin/sh
 # Run every benchmark with the settings recorded in docs/benchmarks.md.
 # Usage: bench/run_all.sh MODEL [OUTPUT_DIR]
-#   MODEL: a trained MNIST checkpoint (for example runs/mnist), measured on its held-out digits.
+#   MODEL: a trained MNIST checkpoint (for example catalog/shipped/mnist-unet-vp), measured on its held-out digits.
 # The closed-form runs use the gaussian-mnist oracle. Each script's output goes to OUTPUT_DIR.
 set -eu
-model=${1:?give a trained MNIST checkpoint, for example runs/mnist}
+model=${1:?give a trained MNIST checkpoint, for example catalog/shipped/mnist-unet-vp}
 out=${2:-bench-results}
 python=${PYTHON:-python}
 here=$(dirname "$0")
