@@ -8,7 +8,7 @@ from dataclasses import asdict
 import click
 
 from . import cli
-from .common import check_device, positive_int, progress_enabled, save_options, tqdm_factory
+from .common import check_device, check_options_path, positive_int, progress_enabled, save_options, seed_option, tqdm_factory
 
 
 @cli.command("audit")
@@ -30,7 +30,7 @@ from .common import check_device, positive_int, progress_enabled, save_options, 
 @click.option("--sampler", type=click.Choice(["sde", "ode", "ode-adaptive"]), default="sde", help="Sampler of the generated samples.")
 @click.option("--steps", type=int, default=256, callback=positive_int("--steps"), help="Sampler steps.")
 @click.option("--copy-ratio", type=float, default=1.0 / 3.0, help="A sample is a near-copy when nearest/second-nearest training distance is below this.")
-@click.option("--seed", type=int, default=0, help="Seed of every random draw of the audit.")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of every random draw of the audit.")
 @click.option("--batch-size", type=int, default=256, callback=positive_int("--batch-size"), help="Items per network evaluation batch.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
@@ -54,7 +54,7 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
     from ..audit import AuditSettings, AuditThresholds, format_verdict, run_audit
     from ..data import from_spec
     from ..probe import resolve_time_range
-    from ..results import check_output_path, write_dataset
+    from ..results import check_figure_path, check_output_path, write_dataset
 
     settings = AuditSettings(
         t_min=t_min, t_max=t_max, samples=samples, nodes=nodes, items=items, likelihood_items=likelihood_items,
@@ -63,8 +63,9 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
     )
     settings.validate()
     check_output_path(out, overwrite, suffix=".nc")
+    check_options_path(out, overwrite)
     if report_path:
-        check_output_path(report_path, overwrite)
+        check_figure_path(report_path, overwrite, "--report", out)
 
     model = load_model(checkpoint)
     process = resolve_process(model, process_spec)
