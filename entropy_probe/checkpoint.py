@@ -72,6 +72,8 @@ def write_checkpoint(directory: str | Path, config: Mapping[str, Any], tensors: 
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.is_file() and not overwrite:
+        raise OutputError(f"output {str(directory)!r} is an existing file, but a checkpoint is a folder; choose another --out")
     if directory.exists() and not overwrite:
         raise OutputError(f"output directory {str(directory)!r} exists already; choose another --out or pass --overwrite")
     parent = directory.parent if str(directory.parent) else Path(".")

@@ -169,7 +169,7 @@ CASES = [
     case("train-out-unwritable", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/ro/run"), ("{w}/ro", "run"), "{w}/ro/run", needs_permissions=True),
     case("oracle-out-exists", ("oracle", "gaussian", "--out", "{w}/gmm2"), ("{w}/gmm2", "--overwrite"), ()),
     case("compare-output-exists", ("compare", "{w}/gmm2", "--process", "vp", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
-    case("sample-output-exists", ("sample", "{w}/gmm2", "--out", "{w}/exists.nc"), ("{w}/exists.nc", "--overwrite"), ()),
+    case("sample-output-exists", ("sample", "{w}/gmm2", "--out", "{w}/exists.npz"), ("{w}/exists.npz", "--overwrite"), ()),
     case("export-output-exists", ("export", "{w}/unet", "--out", "{w}/adir"), ("{w}/adir", "--overwrite"), ()),
     # --- names -----------------------------------------------------------------------------
     case("unknown-catalog-name", ("catalog", "show", "no-such-model"), ("'no-such-model'", "catalog list"), ()),
@@ -286,6 +286,7 @@ def build_workspace(root: Path) -> None:
     (root / "adir").mkdir()
     (root / "exists.nc").write_text("an earlier result\n")
     (root / "exists.png").write_text("an earlier plot\n")
+    (root / "exists.npz").write_text("earlier samples\n")
 
     shutil.copytree(root / "gmm2", root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"\x13\x00\x00\x00\x00\x00\x00\x00garbage bytes here")

@@ -195,12 +195,38 @@ def _is_run_directory(out: Path) -> bool:
     config = out / CONFIG_NAME
     if (out / STATE_DIR).is_dir() or (out / LOSS_LOG).is_file():
         return True
+    # A run interrupted before its first epoch has only the options record of the train command.
+    if not config.exists() and _options_command(out) == "train":
+        return True
     if config.is_file():
         try:
-            return json.loads(config.read_text()).get("format") == "entropy-probe"
+            recorded = json.loads(config.read_text())
+            return recorded.get("format") == "entropy-probe" and recorded.get("kind") == "network"
         except (OSError, ValueError, AttributeError):
             return False
     return False
+
+
+def _options_command(out: Path) -> Optional[str]:
+    """Return the command recorded in `out`/options.json, or None when there is no readable record."""
+    try:
+        return json.loads((out / "options.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _describe_folder(out: Path) -> str:
+    """Name what a non-empty folder that is no training run holds, for an error message."""
+    config = out / CONFIG_NAME
+    try:
+        kind = json.loads(config.read_text()).get("kind") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == "oracle":
+        return "an oracle checkpoint, not a training run"
+    if config.is_file():
+        return "a checkpoint but no training run of entropy-probe"
+    return "an existing folder that holds no training run"
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
@@ -223,13 +249,13 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Pat
             f"cannot resume: {str(out)!r} has no training state ({STATE_DIR}/); start a new "
             f"run in another --out, or pass --overwrite instead of --resume"
         )
+    if not _is_run_directory(out):
+        raise OutputError(f"output directory {str(out)!r} exists already and is {_describe_folder(out)}; choose another --out")
     if not overwrite:
         raise OutputError(
             f"output directory {str(out)!r} exists already; pass --resume to continue its "
             f"training, --overwrite to replace it, or choose another --out"
         )
-    if not _is_run_directory(out):
-        raise OutputError(f"--overwrite would delete {str(out)!r}, which is not the output of 'entropy-probe train'; choose another --out")
     return None, True
 
 
