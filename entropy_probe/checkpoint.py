@@ -316,7 +316,10 @@ def load_oracle(directory: str | Path):
     config = read_config(directory)
     check_format(config, directory)
     if config.get("kind") != "oracle":
-        raise CheckpointError(f"{str(directory)!r} is not an oracle checkpoint (kind={config.get('kind')!r})")
+        raise CheckpointError(
+            f"{str(directory)!r} is not an oracle checkpoint (kind={config.get('kind')!r}); give an exact data law "
+            f"written by 'entropy-probe oracle', for example 'entropy-probe oracle gmm --dim 3 --out gmm3'"
+        )
     kind = require(config, "oracle", str, directory)
     shape = tuple(require(config, "data_shape", list, directory))
     tensors, digest = read_tensors(directory)
@@ -334,7 +337,10 @@ def load_oracle(directory: str | Path):
         else:
             oracle = EmpiricalOracle(tensors["points"], shape)
     except SpecError as error:
-        raise CheckpointError(f"{str(directory)!r}: {error}") from None
+        raise CheckpointError(
+            f"{str(directory)!r}: {error}; its config.json and model.safetensors do not belong together, so restore "
+            f"both as written, or write the oracle again with 'entropy-probe oracle'"
+        ) from None
     pixel_range = config.get("pixel_range")
     oracle.pixel_range = tuple(pixel_range) if pixel_range else None
     oracle.quantization_step = config.get("quantization_step")
