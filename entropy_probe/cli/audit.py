@@ -29,7 +29,7 @@ from .common import check_device, check_options_path, positive_int, progress_ena
 @click.option("--generate", type=int, default=256, callback=positive_int("--generate"), help="Samples generated for the near-copy search.")
 @click.option("--sampler", type=click.Choice(["sde", "ode", "ode-adaptive"]), default="sde", help="Sampler of the generated samples.")
 @click.option("--steps", type=int, default=256, callback=positive_int("--steps"), help="Sampler steps.")
-@click.option("--copy-ratio", type=float, default=1.0 / 3.0, help="A sample is a near-copy when nearest/second-nearest training distance is below this.")
+@click.option("--copy-ratio", type=float, default=1.0 / 3.0, show_default=False, help="A sample is a near-copy when nearest/second-nearest training distance is below this [default: 1/3].")
 @click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of every random draw of the audit.")
 @click.option("--batch-size", type=int, default=256, callback=positive_int("--batch-size"), help="Items per network evaluation batch.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
@@ -48,7 +48,11 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
     \b
     Examples:
       entropy-probe audit mnist-unet-vp --train mnist:n_c=10 --heldout mnist:split=heldout --out audit.nc --report audit.png
+      entropy-probe oracle empirical --data gmm:dim=5,n=50 --out memoriser
       entropy-probe audit memoriser --train gmm:dim=5,n=50 --heldout gmm:dim=5,n=500,sample_seed=9 --out audit.nc
+
+    The checkpoint 'memoriser' is the exact denoiser of the empirical law of its 50 points,
+    a perfect memoriser, so the second audit shows the verdict for memorisation.
     """
     from ..api import load_model, resolve_process
     from ..audit import AuditSettings, AuditThresholds, format_verdict, run_audit

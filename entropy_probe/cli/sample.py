@@ -35,7 +35,7 @@ def second_moment_if_needed(model, process, t_max, data_spec):
 @cli.command("sample")
 @click.argument("checkpoint")
 @click.option("-n", "--num-samples", "n", type=int, default=64, callback=positive_int("-n"), help="Number of samples.")
-@click.option("--out", required=True, metavar="SAMPLES.npz", help="File to write: arrays x (N, ...), labels, evaluations and JSON metadata.")
+@click.option("--out", required=True, metavar="SAMPLES.npz", help="NumPy .npz file to write: arrays x (N, ...), evaluations, labels (class-conditional models only) and JSON metadata.")
 @click.option("--grid", "grid_path", metavar="SAMPLES.png", help="Also draw the samples (an image grid, or a scatter of the first two coordinates).")
 @click.option("--process", "process_spec", metavar="SPEC", help="Forward process, e.g. vp:beta_min=0.1,beta_max=16 (default: the checkpoint's own).")
 @click.option("--sampler", type=click.Choice(["sde", "ode", "ode-adaptive"]), default="sde", help="Reverse SDE (Euler–Maruyama), probability-flow ODE (Heun) or adaptive ODE (Dormand–Prince).")
