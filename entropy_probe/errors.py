@@ -42,7 +42,7 @@ def describe_npz_error(path, error: Exception) -> str:
 
     NumPy reports a file that is neither a .npz (zip) archive nor a .npy array as possibly pickled
     data, and suggests `allow_pickle=True`, which would run code from the file. This project never
-    loads pickles from data files, so the message says what the file is instead.
+    loads pickles from data files, so the message names what the file is instead.
     """
     import zipfile
 

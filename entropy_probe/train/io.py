@@ -102,7 +102,8 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     if mismatch:
         raise CheckpointError(
             f"{str(directory)!r}: the weights do not fit the {architecture} described by config.json "
-            f"({mismatch}); the config and the weights come from different networks"
+            f"({mismatch}); the config and the weights come from different networks, so restore the config.json "
+            f"written with these weights"
         )
     core.load_state_dict(tensors, strict=True)
     network = ExcessScoreNetwork(core, architecture, process, preconditioning).to(device)
@@ -216,7 +217,7 @@ def _options_command(out: Path) -> Optional[str]:
 
 
 def _describe_folder(out: Path) -> str:
-    """Name what a non-empty folder that is no training run holds, for an error message."""
+    """Describe a non-empty folder that is no training run, for an error message."""
     config = out / CONFIG_NAME
     try:
         kind = json.loads(config.read_text()).get("kind") if config.is_file() else None
@@ -226,7 +227,7 @@ def _describe_folder(out: Path) -> str:
         return "an oracle checkpoint, not a training run"
     if config.is_file():
         return "a checkpoint but no training run of entropy-probe"
-    return "an existing folder that holds no training run"
+    return "an existing folder that contains no training run"
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:

@@ -171,11 +171,11 @@ def unet_arguments(data_shape: Sequence[int], options: dict[str, Any], num_class
     attention = sorted({int(r) for r in settings["attention"]}, reverse=True)
     unknown = [r for r in attention if r not in resolutions]
     if unknown and options.get("attention") is None:
-        shown = ",".join(str(r) for r in attention if r in resolutions) or "none"
+        usable = ",".join(str(r) for r in attention if r in resolutions) or "none"
         raise SpecError(
             f"the --preset {preset_name} U-Net puts self-attention at {sorted(unknown, reverse=True)} pixels, but on "
             f"{height} × {width} images its resolutions are {resolutions}; give --attention with some of these, "
-            f"for example --attention {shown}"
+            f"for example --attention {usable}"
         )
     if unknown:
         raise SpecError(
