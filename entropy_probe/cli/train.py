@@ -151,7 +151,7 @@ def train_command(ctx, **options):
 
     if not options["resume"] and not settings.data:
         raise click.UsageError("missing --data SPEC (for example --data digits:n_c=10)")
-    if options["resume"] and run.is_main and io.find_state(Path(out)) is None and not _has_files(Path(out)):
+    if options["resume"] and io.find_state(Path(out)) is None and not _has_files(Path(out)):
         raise OutputError(f"--resume was given, but {out!r} contains no training run to continue; run without --resume to start a new one")
     def record_options(trainer) -> None:
         # Written before the first step, so an interrupted run folder records how it was started.

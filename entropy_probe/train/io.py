@@ -226,8 +226,8 @@ def _describe_folder(out: Path) -> str:
     if kind == "oracle":
         return "an oracle checkpoint, not a training run"
     if config.is_file():
-        return "a checkpoint but no training run of entropy-probe"
-    return "an existing folder that contains no training run"
+        return "a checkpoint that is not the output of 'entropy-probe train'"
+    return "a folder that is not the output of 'entropy-probe train'"
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
