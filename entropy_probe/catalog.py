@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import CheckpointError, SpecError
+from .formatting import format_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -282,12 +283,12 @@ def resolve_catalog_name(name: str, revision: Optional[str] = None) -> Optional[
 def entry_status(entry: CatalogEntry) -> str:
     """Describe where the entry's weights are, in a word or two for listings."""
     if entry.kind == "recipe":
-        return "recipe (no weights)"
+        return "no weights"
     try:
         entry_path(entry)
     except CatalogError:
         return "not cached" if entry.kind == "hub" else "missing"
-    return "cached" if entry.kind == "hub" else "shipped"
+    return "cached" if entry.kind == "hub" else "present"
 
 
 # --- text for the command line ----------------------------------------------------------------
@@ -313,7 +314,16 @@ def entry_process(entry: CatalogEntry) -> str:
     spec = entry.fields.get("process")
     if not isinstance(spec, str):
         return "-"
-    return spec if len(spec) <= LISTING_PROCESS_WIDTH else spec.split(":", 1)[0] + ":..."
+    if len(spec) <= LISTING_PROCESS_WIDTH:
+        return spec
+    # Keep the leading key=value parameters that fit (for ddpm the schedule), then an ellipsis.
+    name, _, rest = spec.partition(":")
+    abbreviated = name + ":"
+    for part in rest.split(","):
+        if len(abbreviated) + len(part) + len(",...") > LISTING_PROCESS_WIDTH:
+            break
+        abbreviated += part + ","
+    return abbreviated + "..." if abbreviated.endswith(",") else name + ":..."
 
 
 def recorded_s_nn(entry: CatalogEntry) -> str:
@@ -321,7 +331,7 @@ def recorded_s_nn(entry: CatalogEntry) -> str:
     recorded = entry.fields.get("recorded")
     if not isinstance(recorded, dict) or "s_nn" not in recorded:
         return "-"
-    return f"{recorded['s_nn']:.5g} ± {recorded['s_nn_stderr']:.2g}"
+    return format_estimate(recorded["s_nn"], recorded.get("s_nn_stderr"))
 
 
 def format_listing(entries: dict[str, CatalogEntry]) -> str:
@@ -340,8 +350,8 @@ def format_entry(entry: CatalogEntry) -> str:
     if entry.kind == "hub":
         try:
             lines.append(f"weights: {entry_path(entry)}")
-        except CatalogError as error:
-            lines.append(f"weights: {error}")
+        except CatalogError:
+            lines.append(f"weights: not in the local cache; see 'entropy-probe measure {entry.name}' for how to fetch them")
         lines.append(f"measure: entropy-probe measure {entry.name} --data SPEC --out result.nc")
     elif entry.kind == "shipped":
         try:
@@ -367,9 +377,12 @@ def format_shipped_record(entry: CatalogEntry) -> list[str]:
         settings = recorded.get("settings", {})
         lines += ["", f"recorded S_NN: {recorded_s_nn(entry)} nats"]
         if "ce_bound_bpd" in recorded:
-            lines.append(f"recorded cross-entropy bound: {recorded['ce_bound_bpd']:.4f} ± {recorded.get('ce_bound_bpd_stderr', 0.0):.2g} bits/dim")
+            lines.append(f"recorded cross-entropy bound: {format_estimate(recorded['ce_bound_bpd'], recorded.get('ce_bound_bpd_stderr'))} bits/dim")
         if "s_tot" in recorded:
-            lines.append(f"recorded S_tot (exact law): {recorded['s_tot']:.5g} ± {recorded.get('s_tot_stderr', 0.0):.2g} nats")
+            lines.append(f"recorded S_tot (exact law): {format_estimate(recorded['s_tot'], recorded.get('s_tot_stderr'))} nats")
+        if settings.get("estimator") == "importance":
+            # Importance sampling uses strata; the grid's rule and nodes are recorded but unused.
+            settings = {key: value for key, value in settings.items() if key not in ("rule", "nodes")}
         lines.append(
             "measured with: " + ", ".join(f"{key} {value}" for key, value in settings.items())
         )

@@ -72,6 +72,8 @@ def write_checkpoint(directory: str | Path, config: Mapping[str, Any], tensors: 
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if directory.is_file() and not overwrite:
+        raise OutputError(f"output {str(directory)!r} is an existing file, but a checkpoint is a folder; choose another --out")
     if directory.exists() and not overwrite:
         raise OutputError(f"output directory {str(directory)!r} exists already; choose another --out or pass --overwrite")
     parent = directory.parent if str(directory.parent) else Path(".")
@@ -314,7 +316,10 @@ def load_oracle(directory: str | Path):
     config = read_config(directory)
     check_format(config, directory)
     if config.get("kind") != "oracle":
-        raise CheckpointError(f"{str(directory)!r} is not an oracle checkpoint (kind={config.get('kind')!r})")
+        raise CheckpointError(
+            f"{str(directory)!r} is not an oracle checkpoint (kind={config.get('kind')!r}); give an exact data law "
+            f"written by 'entropy-probe oracle', for example 'entropy-probe oracle gmm --dim 3 --out gmm3'"
+        )
     kind = require(config, "oracle", str, directory)
     shape = tuple(require(config, "data_shape", list, directory))
     tensors, digest = read_tensors(directory)
@@ -332,7 +337,10 @@ def load_oracle(directory: str | Path):
         else:
             oracle = EmpiricalOracle(tensors["points"], shape)
     except SpecError as error:
-        raise CheckpointError(f"{str(directory)!r}: {error}") from None
+        raise CheckpointError(
+            f"{str(directory)!r}: {error}; its config.json and model.safetensors do not belong together, so restore "
+            f"both as written, or write the oracle again with 'entropy-probe oracle'"
+        ) from None
     pixel_range = config.get("pixel_range")
     oracle.pixel_range = tuple(pixel_range) if pixel_range else None
     oracle.quantization_step = config.get("quantization_step")

@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from .errors import DataError, SpecError
-from .specs import Param, convert_params, format_spec, split_spec
+from .errors import DataError, SpecError, describe_npz_error
+from .specs import Param, convert_params, format_spec, parse_seed, split_spec
 
 logger = logging.getLogger(__name__)
 
@@ -328,9 +328,9 @@ def _mnist_source(spec: str, values: dict[str, Any]) -> DataSource:
         "side": Param("side", float, 4.0, "side of the centred cube the means are drawn in"),
         "std_min": Param("std_min", float, 0.5, "smallest component std"),
         "std_max": Param("std_max", float, 1.0, "largest component std"),
-        "seed": Param("seed", int, 0, "seed of the mixture recipe"),
+        "seed": Param("seed", parse_seed, 0, "seed of the mixture recipe"),
         "n": Param("n", int, None, "draw a fixed training set of n samples (default: fresh draws)"),
-        "sample_seed": Param("sample_seed", int, 0, "seed of the fixed training set"),
+        "sample_seed": Param("sample_seed", parse_seed, 0, "seed of the fixed training set"),
     },
     "Gaussian mixture by the Neural Entropy paper's recipe",
 )
@@ -411,7 +411,10 @@ def _npz_source(spec: str, values: dict[str, Any]) -> DataSource:
             data = np.asarray(arrays[values["key"]], dtype=np.float64)
             labels = np.asarray(arrays[values["labels"]]) if values["labels"] else None
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot read data file {str(path)!r}: {error}") from None
+        raise DataError(
+            f"cannot read data file {str(path)!r}: {describe_npz_error(path, error)}; give an .npz of numeric arrays "
+            f"saved with numpy.savez"
+        ) from None
     if data.ndim == 1:
         data = data[:, None]
     step = values["step"] or None

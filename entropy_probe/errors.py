@@ -35,3 +35,24 @@ class NonFiniteError(UserError):
     """Non-finite values in a network output or an estimate."""
 
     exit_code = 3
+
+
+def describe_npz_error(path, error: Exception) -> str:
+    """Say why `np.load(path, allow_pickle=False)` failed, without NumPy's advice to load pickles.
+
+    NumPy reports a file that is neither a .npz (zip) archive nor a .npy array as possibly pickled
+    data, and suggests `allow_pickle=True`, which would run code from the file. This project never
+    loads pickles from data files, so the message names what the file is instead.
+    """
+    import zipfile
+
+    text = str(error)
+    if isinstance(error, ValueError) and "pickle" in text.lower():
+        try:
+            is_archive = zipfile.is_zipfile(path)
+        except OSError:
+            is_archive = False
+        if not is_archive:
+            return "it is not a NumPy .npz archive (a zip file of .npy arrays), and pickled data is never loaded"
+        return "it holds object arrays, which are never loaded because that would run pickled code"
+    return text

@@ -101,7 +101,8 @@ def read_unet_checkpoint(directory: Path) -> tuple[dict[str, Any], dict[str, Any
     if architecture != "unet":
         raise CheckpointError(
             f"{str(directory)!r} contains a {architecture!r} network; only U-Nets (UNet2DModel) have a "
-            f"diffusers model class to export to"
+            f"diffusers model class to export to; use the checkpoint folder itself, which every entropy-probe "
+            f"command reads"
         )
     parametrisation = config.get("parametrisation")
     if parametrisation != "excess_score":

@@ -114,9 +114,14 @@ def plot_result(result: str | Path, out: str | Path | None = None, overwrite: bo
     the folder RESULT_figures. Existing files are kept unless `overwrite`.
     """
     from .errors import OutputError
-    from .results import check_output_path, read_dataset
+    from .results import check_figure_path, read_dataset
 
     result = Path(result)
+    if result.is_dir():
+        raise OutputError(
+            f"{str(result)!r} is a folder, not a result file; give a .nc file written by measure, compare or "
+            f"reproduce (a reproduce run keeps it as combined.nc in its folder)"
+        )
     if not result.is_file():
         raise OutputError(f"result file {str(result)!r} not found; give a .nc file written by measure, compare or reproduce")
     dataset = read_dataset(result)
@@ -131,7 +136,7 @@ def plot_result(result: str | Path, out: str | Path | None = None, overwrite: bo
         if existing and not overwrite:
             raise OutputError(f"folder {str(directory)!r} has figures already ({existing[0].name}, ...); pass --overwrite or choose another --out")
         return plot_study(dataset, directory)
-    path = check_output_path(out or result.with_suffix(".png"), overwrite)
+    path = check_figure_path(out or result.with_suffix(".png"), overwrite, "--out")
     if title == "entropy-probe measurement":
         return [plot_measurement(dataset, path)]
     if title == "entropy-probe comparison of forward processes":

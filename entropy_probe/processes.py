@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, describe_npz_error
 from .specs import Param, convert_params, format_spec, split_spec
 
 __all__ = ["Process", "from_spec", "PROCESSES", "ddpm_betas"]
@@ -546,7 +546,7 @@ def _read_betas(spec: str, path: str) -> np.ndarray:
         else:
             betas = np.loadtxt(file, dtype=np.float64)
     except (OSError, ValueError) as error:
-        raise SpecError(f"cannot read β table {path!r}: {error}") from None
+        raise SpecError(f"cannot read β table {path!r}: {describe_npz_error(path, error)}; give a .npy array or a text file of numbers") from None
     betas = np.asarray(betas, dtype=np.float64).ravel()
     if betas.size < 2:
         raise SpecError(f"β table {path!r} has {betas.size} entries; it needs at least 2")
@@ -597,7 +597,7 @@ def _read_table(spec: str, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
     except KeyError as error:
         raise SpecError(f"table {path!r} lacks column {error}; it needs t, alpha and sigma") from None
     except (OSError, ValueError) as error:
-        raise SpecError(f"cannot read table {path!r}: {error}") from None
+        raise SpecError(f"cannot read table {path!r}: {describe_npz_error(path, error)}; give a .npz with arrays t, alpha, sigma or a .csv with that header") from None
     if len({c.size for c in columns}) != 1:
         raise SpecError(f"table {path!r}: t, alpha and sigma must have the same length")
     return columns[0], columns[1], columns[2]

@@ -257,11 +257,19 @@ def build_plan(entry: CatalogEntry, scale: str, settings: dict[str, Any], variab
         )
 
     items = []
+    used: set[str] = set()
     for combination in _combinations(axes):
         context = {axis.name: value for axis, (value, _) in zip(axes, combination)}
         labels = {axis.name: label for axis, (_, label) in zip(axes, combination)}
-        resolver = _Resolver(entry.name, scale, context, labels, variables, declared)
+        resolver = _Resolver(entry.name, scale, context, labels, variables, declared, used)
         items.append(_build_item(entry.name, settings, resolver, axes, combination, device))
+    unused = sorted(set(variables) - used)
+    if unused:
+        option = f"--{unused[0].replace('_', '-')}"
+        raise SpecError(
+            f"recipe {entry.name!r} at scale {scale!r} would ignore {option} {variables[unused[0]]!r}, because no "
+            f"item of this scale reads {unused[0]!r}; leave {option} out"
+        )
     description = settings.get("description", "")
     return Plan(entry.name, scale, analysis, axes, derived, items, dict(variables), description, entry, settings)
 
@@ -302,8 +310,10 @@ def _combinations(axes: list[Axis]) -> list[tuple[tuple[Any, str], ...]]:
 class _Resolver:
     """Substitute placeholders and per-axis tables for one item."""
 
-    def __init__(self, recipe, scale, context, labels, variables, declared) -> None:
+    def __init__(self, recipe, scale, context, labels, variables, declared, used: set[str]) -> None:
         self.recipe = recipe
+        #: Names of the variables that some placeholder used, shared by the resolvers of a plan.
+        self.used = used
         self.scale = scale
         self.context = context
         self.labels = labels
@@ -344,6 +354,7 @@ class _Resolver:
                 lookup[name] = self.context[name]
             elif name in self.variables:
                 lookup[name] = self.variables[name]
+                self.used.add(name)
             elif name in self.declared:
                 option = f"--{name.replace('_', '-')} {'DIR' if name.endswith('dir') else 'VALUE'}"
                 raise SpecError(

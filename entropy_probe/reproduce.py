@@ -307,7 +307,9 @@ def _run_in_this_process(pending: list[Item], out: Path, plan: Plan, hooks: Hook
 
 def _run_in_workers(pending: list[Item], out: Path, plan: Plan, jobs: int, hooks: Hooks, events: list) -> None:
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker)
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger("entropy_probe").getEffectiveLevel(),),
+    )
     recorded: set[str] = set()
     try:
         futures = {pool.submit(_worker, item, str(out), plan.recipe, plan.scale): item for item in pending}
@@ -395,14 +397,18 @@ def _run_and_record(item: Item, out: Path, plan: Plan, on_epoch) -> dict[str, An
     return event
 
 
-def _init_worker() -> None:
+def _init_worker(log_level: int = logging.WARNING) -> None:
+    """Set up a spawned worker: one torch thread, no progress bars, the parent's log level."""
     import torch
 
     # Ctrl-C reaches the whole process group, but only the main process handles it (it kills the workers).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     os.environ.setdefault("ENTROPY_PROBE_NO_PROGRESS", "1")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # A spawned worker starts with fresh logging, so it takes the level of the -q/-v options from the parent.
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("entropy_probe").setLevel(log_level)
+    logging.getLogger("matplotlib").setLevel(max(log_level, logging.WARNING))
 
 
 def _worker(item: Item, out: str, recipe: str, scale: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def check_output_path(path: str | Path, overwrite: bool, suffix: str | None = No
     if path.is_dir():
         raise OutputError(f"output {str(path)!r} is a directory; give a file name such as result.nc")
     if suffix is not None and path.suffix.lower() != suffix:
-        written = {".nc": "a NetCDF file"}.get(suffix, f"a {suffix} file")
+        written = {".nc": "a NetCDF file", ".npz": "a NumPy .npz archive"}.get(suffix, f"a {suffix} file")
         raise OutputError(
             f"output {str(path)!r} does not end in {suffix}, but the command writes {written}; "
             f"name it {str(path.with_suffix(suffix))!r}"
@@ -61,6 +61,8 @@ def check_output_path(path: str | Path, overwrite: bool, suffix: str | None = No
     if path.exists() and not overwrite:
         raise OutputError(f"output {str(path)!r} exists already; choose another path or pass --overwrite")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"cannot write {str(path)!r}: {str(parent)!r} is a file, not a folder; choose a path in an existing folder")
     if not parent.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: folder {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK):
@@ -73,6 +75,39 @@ def check_output_path(path: str | Path, overwrite: bool, suffix: str | None = No
     os.close(fd)
     os.unlink(probe)
     return path
+
+
+def figure_formats() -> list[str]:
+    """Return the file extensions (without the dot) that matplotlib can save a figure as here.
+
+    The pgf format needs a LaTeX program (rcParams['pgf.texsystem']), so it counts only when
+    that program is on PATH.
+    """
+    import shutil
+
+    import matplotlib
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = list(FigureCanvasBase.get_supported_filetypes())
+    if "pgf" in formats and shutil.which(matplotlib.rcParams["pgf.texsystem"]) is None:
+        formats.remove("pgf")
+    return formats
+
+
+def check_figure_path(path: str | Path, overwrite: bool, option: str, data_output: str | Path | None = None) -> Path:
+    """Check a figure path before any computation: an extension matplotlib can write, not the
+    data output `data_output`, and the checks of `check_output_path`."""
+    path = Path(path)
+    formats = figure_formats()
+    if path.suffix.lower().lstrip(".") not in formats:
+        problem = f"{path.suffix!r} is not a figure format" if path.suffix else "the name has no extension to choose the figure format"
+        raise OutputError(
+            f"invalid {option} {str(path)!r}: {problem}; name it {str(path.with_suffix('.png'))!r} "
+            f"(matplotlib writes {', '.join('.' + name for name in formats)})"
+        )
+    if data_output is not None and os.path.abspath(path) == os.path.abspath(data_output):
+        raise OutputError(f"invalid {option} {str(path)!r}: it is also the --out file; give the figure its own name")
+    return check_output_path(path, overwrite)
 
 
 def write_dataset(dataset: xr.Dataset, path: str | Path, overwrite: bool = False) -> Path:

@@ -8,6 +8,31 @@ from typing import Any, Callable, Mapping
 from .errors import SpecError
 
 
+#: Seeds lie in [0, 2**63): NumPy's SeedSequence rejects negative seeds, torch.manual_seed takes at
+#: most 2**64 - 1, and a result file stores the seed as a 64-bit signed integer attribute.
+SEED_LIMIT = 2**63
+SEED_RANGE = "an integer from 0 to 2**63 - 1"
+
+
+def check_seed(value: int, name: str) -> int:
+    """Reject a seed outside [0, 2**63) with one line naming the option `name` and the range."""
+    if not 0 <= value < SEED_LIMIT:
+        raise SpecError(f"invalid {name} {value}; a seed must be {SEED_RANGE}, for example {name} 0")
+    return value
+
+
+def parse_seed(text: str) -> int:
+    """Parse a seed parameter of a specification; ValueError outside [0, 2**63)."""
+    value = int(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"seed {value} out of range")
+    return value
+
+
+#: What the error message of a parameter says was expected, by its type.
+_EXPECTED = {int: "an integer", float: "a number", str: "text", parse_seed: f"a seed, {SEED_RANGE}"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Param:
     """A typed parameter of a named specification, with its default and help text."""
@@ -59,10 +84,10 @@ def convert_params(
         try:
             values[name] = param.type(raw[name])
         except (TypeError, ValueError):
-            type_name = getattr(param.type, "__name__", "value")
+            expected = _EXPECTED.get(param.type, f"a value of type {getattr(param.type, '__name__', '?')}")
+            example = "" if param.default in (None, "") else f", for example {name}={_format_value(param.default)}"
             raise SpecError(
-                f"invalid value {raw[name]!r} for {name} in {kind} specification {spec!r}: "
-                f"expected a {type_name}"
+                f"invalid value {raw[name]!r} for {name} in {kind} specification {spec!r}: expected {expected}{example}"
             ) from None
     return values
 

@@ -111,7 +111,7 @@ def test_hub_and_shipped_entries_resolve(tmp_path, monkeypatch):
     assert from_hub.fingerprint == shipped.fingerprint
     statuses = {e.name: catalog.entry_status(e) for e in load_catalog().values()}
     assert statuses["tiny-hub"] == "cached"
-    assert statuses["tiny-shipped"] == "shipped"
+    assert statuses["tiny-shipped"] == "present"
     assert statuses["ddpm-cifar10-32"] == "not cached"
 
 
@@ -152,7 +152,7 @@ def test_malformed_entries_rejected(tmp_path, fields, message):
         read_entry(file)
 
 
-def test_catalog_command(cli_run):
+def test_catalog_command(cli_run, tmp_path):
     listing = cli_run("catalog", "list")
     assert listing.returncode == 0, listing.stderr
     rows = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines()[1:]}
@@ -162,6 +162,19 @@ def test_catalog_command(cli_run):
     assert "entropy-probe reproduce paper-gmm --scale SCALE --out DIR  (scales: tiny, cpu, paper)" in recipe.stdout
     shown = cli_run("catalog", "show", "ddpm-church-256", "--json")
     assert json.loads(shown.stdout)["hub_id"] == "google/ddpm-church-256"
+    columns = {line.split()[0]: line.split() for line in listing.stdout.splitlines()[1:]}
+    assert columns["ddpm-cifar10-32"][2:5] == ["not", "cached", "-"]
+    assert columns["ddpm-cifar10-32"][5] == "ddpm:schedule=linear,..."
+    assert columns["gmm3-mlp-vp"][2] == "present"
+    assert columns["paper-gmm"][2:4] == ["no", "weights"]
+    shipped = cli_run("catalog", "show", "gmm3-mlp-sl").stdout
+    # The value is rounded where its two-digit standard error ends.
+    assert "recorded cross-entropy bound: 143.41 ± 0.83 bits/dim" in shipped
+    assert "strata 64" in shipped
+    assert "rule importance" not in shipped
+    assert "nodes 64" not in shipped
+    uncached = cli_run("catalog", "show", "ddpm-cifar10-32", env={"HF_HOME": str(tmp_path / "empty-hf")}).stdout
+    assert "weights: not in the local cache; see 'entropy-probe measure ddpm-cifar10-32' for how to fetch them" in uncached
     missing = cli_run("catalog", "show", "nope")
     assert missing.returncode != 0
     assert missing.stderr.startswith("error: unknown catalog entry 'nope'")

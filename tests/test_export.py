@@ -122,7 +122,7 @@ def test_export_command_line(runs, tmp_path, cli_run):
 
     again = cli_run("export", str(runs / "mlp"), "--out", str(tmp_path / "mlp-export"))
     assert again.returncode != 0
-    assert [line for line in again.stderr.splitlines() if line.startswith("error:")][0].endswith("have a diffusers model class to export to")
+    assert [line for line in again.stderr.splitlines() if line.startswith("error:")][0].endswith("use the checkpoint folder itself, which every entropy-probe command reads")
     assert "Traceback" not in again.stderr
     assert not (tmp_path / "mlp-export").exists()
 

@@ -20,6 +20,7 @@ from entropy_probe.checkpoint import CONFIG_NAME, WEIGHTS_NAME, sha256_file
 from entropy_probe.cli import cli, register_commands
 from entropy_probe.cli.measure import DEFAULT_CHECKPOINT
 from entropy_probe.errors import CheckpointError
+from entropy_probe.formatting import format_estimate
 from entropy_probe.probe import MeasureSettings
 from entropy_probe.train.io import load_network, write_float16_copy
 
@@ -167,7 +168,7 @@ def test_catalog_list_shows_shipped():
         fields = _entry(name).fields
         assert f"{fields['size']['bytes'] / 1e6:.1f} MB" in rows[name]
         assert fields["process"] in rows[name]
-        assert f"{fields['recorded']['s_nn']:.5g} ± {fields['recorded']['s_nn_stderr']:.2g}" in rows[name]
+        assert format_estimate(fields["recorded"]["s_nn"], fields["recorded"]["s_nn_stderr"]) in rows[name]
 
 
 def test_catalog_show_prints_provenance():

@@ -36,7 +36,7 @@ def apply_verbosity(ctx: click.Context, quiet: bool, verbose: int) -> None:
 
 
 def _verbosity_options() -> list[click.Option]:
-    """Return -q and -v for a subcommand; given there, they replace those given before the subcommand."""
+    """Return -q, -v and --debug for a subcommand; -q and -v given there replace those given before it."""
 
     def quiet_given(ctx, param, value):
         if value:
@@ -46,14 +46,20 @@ def _verbosity_options() -> list[click.Option]:
         if value:
             apply_verbosity(ctx, False, value)
 
+    def debug_given(ctx, param, value):
+        if value:
+            ctx.ensure_object(dict)
+            ctx.obj["debug"] = True
+
     return [
+        click.Option(["--debug"], is_flag=True, expose_value=False, callback=debug_given, help="Show tracebacks of errors."),
         click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=quiet_given, help="Print only results and errors; no progress bars."),
         click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=verbose_given, help="Log progress messages (-v) or debug messages (-vv)."),
     ]
 
 
 class ProbeCommand(click.Command):
-    """Click command that also accepts -q and -v after its name."""
+    """Click command that also accepts -q, -v and --debug after its name."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import click
 
 from . import cli
-from .common import check_device, positive_int, progress_enabled, save_options, tqdm_factory
+from .common import check_device, check_options_path, positive_int, progress_enabled, save_options, seed_option, tqdm_factory
 
 
 @cli.command("audit")
@@ -29,8 +29,8 @@ from .common import check_device, positive_int, progress_enabled, save_options, 
 @click.option("--generate", type=int, default=256, callback=positive_int("--generate"), help="Samples generated for the near-copy search.")
 @click.option("--sampler", type=click.Choice(["sde", "ode", "ode-adaptive"]), default="sde", help="Sampler of the generated samples.")
 @click.option("--steps", type=int, default=256, callback=positive_int("--steps"), help="Sampler steps.")
-@click.option("--copy-ratio", type=float, default=1.0 / 3.0, help="A sample is a near-copy when nearest/second-nearest training distance is below this.")
-@click.option("--seed", type=int, default=0, help="Seed of every random draw of the audit.")
+@click.option("--copy-ratio", type=float, default=1.0 / 3.0, show_default=False, help="A sample is a near-copy when nearest/second-nearest training distance is below this [default: 1/3].")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of every random draw of the audit.")
 @click.option("--batch-size", type=int, default=256, callback=positive_int("--batch-size"), help="Items per network evaluation batch.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
@@ -48,13 +48,17 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
     \b
     Examples:
       entropy-probe audit mnist-unet-vp --train mnist:n_c=10 --heldout mnist:split=heldout --out audit.nc --report audit.png
+      entropy-probe oracle empirical --data gmm:dim=5,n=50 --out memoriser
       entropy-probe audit memoriser --train gmm:dim=5,n=50 --heldout gmm:dim=5,n=500,sample_seed=9 --out audit.nc
+
+    The checkpoint 'memoriser' is the exact denoiser of the empirical law of its 50 points,
+    a perfect memoriser, so the second audit shows the verdict for memorisation.
     """
     from ..api import load_model, resolve_process
     from ..audit import AuditSettings, AuditThresholds, format_verdict, run_audit
     from ..data import from_spec
     from ..probe import resolve_time_range
-    from ..results import check_output_path, write_dataset
+    from ..results import check_figure_path, check_output_path, write_dataset
 
     settings = AuditSettings(
         t_min=t_min, t_max=t_max, samples=samples, nodes=nodes, items=items, likelihood_items=likelihood_items,
@@ -63,8 +67,9 @@ def audit_command(ctx, checkpoint, train_spec, heldout_spec, out, report_path, p
     )
     settings.validate()
     check_output_path(out, overwrite, suffix=".nc")
+    check_options_path(out, overwrite)
     if report_path:
-        check_output_path(report_path, overwrite)
+        check_figure_path(report_path, overwrite, "--report", out)
 
     model = load_model(checkpoint)
     process = resolve_process(model, process_spec)

@@ -50,6 +50,18 @@ def options_path(output: str | Path) -> Path:
     return output.with_name(output.stem + ".options.json") if output.suffix else output / "options.json"
 
 
+def check_options_path(output: str | Path, overwrite: bool) -> None:
+    """Reject an existing options record beside `output` unless `overwrite`, before any computation."""
+    from ..errors import OutputError
+
+    path = options_path(output)
+    if path.exists() and not overwrite:
+        raise OutputError(
+            f"options file {str(path)!r}, which this command writes beside {str(output)!r}, exists already; "
+            f"choose another --out or pass --overwrite"
+        )
+
+
 def save_options(output: str | Path, command: str, options: dict[str, Any]) -> Path:
     """Save the options of a run beside its output (atomically)."""
     from .. import __version__
@@ -70,3 +82,12 @@ def positive_int(name: str):
         return value
 
     return check
+
+
+def seed_option(ctx, param, value):
+    """Click callback that rejects a seed outside [0, 2**63) before any computation."""
+    from ..specs import SEED_LIMIT, SEED_RANGE
+
+    if value is not None and not 0 <= value < SEED_LIMIT:
+        raise click.BadParameter(f"{value} is invalid; a seed must be {SEED_RANGE}, for example --seed 0")
+    return value

@@ -7,7 +7,7 @@ import logging
 import click
 
 from . import cli
-from .common import check_device, progress_enabled, save_options, tqdm_factory
+from .common import check_device, check_options_path, progress_enabled, save_options, seed_option, tqdm_factory
 from .estimation import BatchSize, estimation_options, settings_fields
 
 logger = logging.getLogger("entropy_probe")
@@ -22,7 +22,7 @@ logger = logging.getLogger("entropy_probe")
 @click.option("--samples", type=int, help="Monte Carlo samples per stratum (per node with --estimator grid) and process; with --target-stderr, those of the pilot round. Default 256, or 8 with --target-stderr.")
 @click.option("--nodes", type=int, default=65, help="Time nodes of --estimator grid per process (odd for the simpson rule); giving it selects the grid.")
 @click.option("--rule", type=click.Choice(["simpson", "trapezoid", "gauss", "trapezoid-t"]), default="simpson", help="Quadrature rule of --estimator grid (giving it selects the grid); all but trapezoid-t place nodes uniformly in log(σ/α).")
-@click.option("--seed", type=int, default=0, help="Seed of the draws, shared by all processes (common random numbers).")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of the draws, shared by all processes (common random numbers).")
 @click.option("--batch-size", type=BatchSize(), default="256", help="Network evaluations per batch, or auto to fill the memory budget (does not change the numbers).")
 @click.option("--reference", "reference_dir", metavar="DIR", help="Oracle checkpoint with the exact data law; adds s_tot, score_error and kl_bound.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
@@ -58,7 +58,7 @@ def compare_command(ctx, checkpoint, process_specs, t_min, t_max, data_spec, sam
     from ..api import load_model, resolve_data, resolve_reference
     from ..compare import check_ranges, compare_processes, resolve_processes, summarize_comparison
     from ..probe import MeasureSettings, resolve_time_range
-    from ..results import check_output_path, write_dataset
+    from ..results import check_figure_path, check_output_path, write_dataset
 
     settings = MeasureSettings(
         t_min=t_min, t_max=t_max, nodes=nodes, seed=seed, rule=rule, batch_size=batch_size,
@@ -66,8 +66,9 @@ def compare_command(ctx, checkpoint, process_specs, t_min, t_max, data_spec, sam
     )
     settings.validate()
     check_output_path(out, overwrite, suffix=".nc")
+    check_options_path(out, overwrite)
     if plot_path:
-        check_output_path(plot_path, overwrite)
+        check_figure_path(plot_path, overwrite, "--plot", out)
 
     processes = resolve_processes(list(process_specs))
     load_options = {key: value for key, value in (("scheduler_config", scheduler_config), ("revision", revision)) if value}

@@ -9,7 +9,7 @@ import click
 
 from .. import distributed, interrupts, measure_state
 from . import cli
-from .common import check_device, progress_enabled, save_options, tqdm_factory
+from .common import check_device, check_options_path, progress_enabled, save_options, seed_option, tqdm_factory
 from .estimation import BatchSize, estimation_options, settings_fields
 
 logger = logging.getLogger("entropy_probe")
@@ -26,7 +26,7 @@ DEFAULT_CHECKPOINT = "mnist-unet-vp"
 @click.option("--samples", type=int, help="Monte Carlo samples per stratum (per node with --estimator grid); with --target-stderr, those of the pilot round that plans the sampling. Default 256, or 8 with --target-stderr.")
 @click.option("--nodes", type=int, default=65, help="Time nodes of --estimator grid (odd for the simpson rule); giving it selects the grid.")
 @click.option("--rule", type=click.Choice(["simpson", "trapezoid", "gauss", "trapezoid-t"]), default="simpson", help="Quadrature rule of --estimator grid (giving it selects the grid); all but trapezoid-t place nodes uniformly in log(σ/α).")
-@click.option("--seed", type=int, default=0, help="Seed of the draws; equal seeds give common random numbers across models and processes.")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of the draws; equal seeds give common random numbers across models and processes.")
 @click.option("--batch-size", type=BatchSize(), default="256", help="Network evaluations per batch, or auto to fill the memory budget (does not change the numbers).")
 @click.option("--reference", "reference_dir", metavar="DIR", help="Oracle checkpoint with the exact data law; adds s_tot, score_error and kl_bound.")
 @click.option("--device", default="auto", help="cpu, cuda, cuda:N or auto.")
@@ -64,8 +64,13 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
     """
     from ..errors import OutputError, SpecError
     from ..probe import MeasureSettings
-    from ..results import check_output_path
+    from ..results import check_figure_path, check_output_path
 
+    if checkpoint is not None and not checkpoint.strip():
+        raise SpecError(
+            f"invalid CHECKPOINT {checkpoint!r}: the name is empty; give a checkpoint directory, a catalog name or a "
+            f"hub id, or leave it out to measure the default model {DEFAULT_CHECKPOINT}"
+        )
     checkpoint = checkpoint or DEFAULT_CHECKPOINT
     run = distributed.init_from_environment(check_device(device))
     ctx.call_on_close(distributed.shutdown)
@@ -76,8 +81,9 @@ def measure_command(ctx, checkpoint, process_spec, t_min, t_max, data_spec, samp
     )
     settings.validate()
     check_output_path(out, overwrite, suffix=".nc")
+    check_options_path(out, overwrite)
     if plot_path:
-        check_output_path(plot_path, overwrite)
+        check_figure_path(plot_path, overwrite, "--plot", out)
     state = measure_state.state_path(out)
     resumable = settings.target_stderr is None and not run.distributed
     if resume and not resumable:

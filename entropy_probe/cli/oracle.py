@@ -6,7 +6,7 @@ import click
 import numpy as np
 
 from . import cli
-from .common import save_options
+from .common import save_options, seed_option
 
 
 @cli.group("oracle")
@@ -36,7 +36,7 @@ def _write(oracle, out, overwrite, extra=None):
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
 def gaussian_command(dim, mean, std, from_file, out, overwrite):
     """Gaussian data N(mean, diag(std²))."""
-    from ..errors import DataError, SpecError
+    from ..errors import DataError, SpecError, describe_npz_error
     from ..oracles import GaussianOracle
 
     if from_file:
@@ -44,7 +44,10 @@ def gaussian_command(dim, mean, std, from_file, out, overwrite):
             with np.load(from_file, allow_pickle=False) as arrays:
                 mean_array, std_array = arrays["mean"], arrays["std"]
         except (OSError, KeyError, ValueError) as error:
-            raise DataError(f"cannot read mean and std from {from_file!r}: {error}; give an .npz of numeric arrays mean and std") from None
+            raise DataError(
+                f"cannot read mean and std from {from_file!r}: {describe_npz_error(from_file, error)}; give an .npz of "
+                f"numeric arrays mean and std"
+            ) from None
     else:
         if dim < 1:
             raise SpecError(f"invalid --dim {dim}; it must be >= 1")
@@ -58,7 +61,7 @@ def gaussian_command(dim, mean, std, from_file, out, overwrite):
 @click.option("--side", type=float, default=4.0, help="Side of the centred cube the means are drawn in.")
 @click.option("--std-min", type=float, default=0.5, help="Smallest isotropic component std.")
 @click.option("--std-max", type=float, default=1.0, help="Largest isotropic component std.")
-@click.option("--seed", type=int, default=0, help="Seed of the random mixture.")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of the random mixture.")
 @click.option("--from-file", "from_file", type=click.Path(dir_okay=False), help=".npz with arrays weights (K), means (K, d), stds (K, d) instead of the recipe.")
 @click.option("--out", required=True, help="Checkpoint directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing directory.")
@@ -68,7 +71,7 @@ def gmm_command(dim, components, side, std_min, std_max, seed, from_file, out, o
     The recipe draws means uniformly in a centred cube of side --side, isotropic stds uniformly
     in [--std-min, --std-max], and weights uniformly in [0, 1], normalised.
     """
-    from ..errors import DataError
+    from ..errors import DataError, describe_npz_error
     from ..oracles import GaussianMixtureOracle, paper_mixture
 
     if from_file:
@@ -77,7 +80,7 @@ def gmm_command(dim, components, side, std_min, std_max, seed, from_file, out, o
                 oracle = GaussianMixtureOracle(arrays["weights"], arrays["means"], arrays["stds"])
         except (OSError, KeyError, ValueError) as error:
             raise DataError(
-                f"cannot read weights, means and stds from {from_file!r}: {error}; give an .npz of numeric "
+                f"cannot read weights, means and stds from {from_file!r}: {describe_npz_error(from_file, error)}; give an .npz of numeric "
                 f"arrays weights (K), means (K, d) and stds (K, d)"
             ) from None
     else:

@@ -17,7 +17,7 @@ logger = logging.getLogger("entropy_probe")
 
 @cli.command("reproduce")
 @click.argument("recipe")
-@click.option("--scale", default="cpu", metavar="NAME", help="Named scale of the recipe: tiny (seconds, for tests), cpu (about 90 minutes on 2 CPU cores) or paper (the paper's settings, for a GPU).")
+@click.option("--scale", default="cpu", metavar="NAME", help="Named scale of the recipe: tiny (seconds, for tests), cpu (about an hour with --jobs 2 on 2 CPU cores) or paper (the paper's settings, for a GPU).")
 @click.option("--out", "out", required=True, metavar="DIR", help="Output directory; a second run with the same DIR skips what is finished.")
 @click.option("--jobs", type=int, default=1, callback=positive_int("--jobs"), help="Items run at once, each in its own process with one torch thread.")
 @click.option("--data-dir", "data_dir", metavar="DIR", help="Data directory for recipes that need one (CIFAR-10 batches; MNIST IDX files at the paper scale).")
@@ -43,6 +43,11 @@ def reproduce_command(recipe, scale, out, jobs, data_dir, device, figures, dry_r
     from ..recipes import load_plan
     from ..reproduce import reproduce
 
+    from ..errors import DataError
+
+    if data_dir is not None and not Path(data_dir).is_dir():
+        problem = "is a file, not a directory" if Path(data_dir).exists() else "not found"
+        raise DataError(f"--data-dir {data_dir!r} {problem}; give an existing data directory, or leave --data-dir out")
     variables = {"data_dir": data_dir} if data_dir else {}
     resolved_device = check_device(device)
     plan = load_plan(recipe, scale, variables, device=resolved_device)

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import click
 
 from . import cli
-from .common import check_device, positive_int, progress_enabled, save_options, tqdm_factory
+from .common import check_device, check_options_path, positive_int, progress_enabled, save_options, seed_option, tqdm_factory
 
 
 def parse_labels(text: str | None) -> list[int] | None:
@@ -35,12 +35,12 @@ def second_moment_if_needed(model, process, t_max, data_spec):
 @cli.command("sample")
 @click.argument("checkpoint")
 @click.option("-n", "--num-samples", "n", type=int, default=64, callback=positive_int("-n"), help="Number of samples.")
-@click.option("--out", required=True, metavar="SAMPLES.npz", help="File to write: arrays x (N, ...), labels, evaluations and JSON metadata.")
+@click.option("--out", required=True, metavar="SAMPLES.npz", help="NumPy .npz file to write: arrays x (N, ...), evaluations, labels (class-conditional models only) and JSON metadata.")
 @click.option("--grid", "grid_path", metavar="SAMPLES.png", help="Also draw the samples (an image grid, or a scatter of the first two coordinates).")
 @click.option("--process", "process_spec", metavar="SPEC", help="Forward process, e.g. vp:beta_min=0.1,beta_max=16 (default: the checkpoint's own).")
 @click.option("--sampler", type=click.Choice(["sde", "ode", "ode-adaptive"]), default="sde", help="Reverse SDE (Euler–Maruyama), probability-flow ODE (Heun) or adaptive ODE (Dormand–Prince).")
 @click.option("--steps", type=int, default=256, callback=positive_int("--steps"), help="Steps of sde and ode, uniform in log(σ/α); ignored by ode-adaptive.")
-@click.option("--seed", type=int, default=0, help="Seed; sample i depends only on the seed and i, not on the batch size.")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed; sample i depends only on the seed and i, not on the batch size.")
 @click.option("--labels", "labels_text", metavar="C[,C...]", help="Classes of a class-conditional model, repeated in turn (default: 0, 1, 2, … cyclically).")
 @click.option("--t-min", type=float, help="Time where sampling ends (default: the process's t_min).")
 @click.option("--t-max", type=float, help="Time T where sampling starts from the prior (default: the process's end).")
@@ -66,7 +66,7 @@ def sample_command(ctx, checkpoint, n, out, grid_path, process_spec, sampler, st
       entropy-probe sample mnist-unet-vp -n 64 --sampler ode --steps 64 --out digits.npz --grid digits.png
     """
     from ..api import load_model, resolve_process
-    from ..results import check_output_path
+    from ..results import check_figure_path, check_output_path
     from ..sampling import SamplerSettings, sample, save_samples
 
     settings = SamplerSettings(
@@ -75,9 +75,10 @@ def sample_command(ctx, checkpoint, n, out, grid_path, process_spec, sampler, st
     )
     settings.validate()
     labels = parse_labels(labels_text)
-    check_output_path(out, overwrite)
+    check_output_path(out, overwrite, suffix=".npz")
+    check_options_path(out, overwrite)
     if grid_path:
-        check_output_path(grid_path, overwrite)
+        check_figure_path(grid_path, overwrite, "--grid", out)
 
     model = load_model(checkpoint)
     process = resolve_process(model, process_spec)

@@ -9,7 +9,7 @@ import click
 
 from .. import distributed, interrupts
 from . import cli
-from .common import check_device, progress_enabled, save_options
+from .common import check_device, progress_enabled, save_options, seed_option
 
 logger = logging.getLogger("entropy_probe")
 
@@ -47,7 +47,7 @@ SETTINGS_FIELDS = {"model": "architecture", "data_spec": "data", "process_spec":
 @click.option("--noise-draws", type=int, help="Noise draws (t, ε) per item and step [default: 10 for mlp, 1 for unet].")
 @click.option("--weighting", type=click.Choice(["sigma2", "likelihood"]), default="sigma2", help="Loss weighting over t: E|σe+σkx+ε|² (the paper's) or (g²/2)|e−s_c|².")
 @click.option("--ema", type=float, default=0.0, help="Decay of the exponential moving average of the weights saved in checkpoints (0 = none).")
-@click.option("--seed", type=int, default=0, help="Seed of the initial weights, data order, times and noise.")
+@click.option("--seed", type=int, default=0, callback=seed_option, help="Seed of the initial weights, data order, times and noise.")
 @click.option("--t-min", type=float, help="Smallest training time [default: 1e-5]; the model is valid from here on.")
 @click.option("--t-max", type=float, help="Largest training time [default: the process's T].")
 @click.option("--epoch-size", type=int, default=8192, help="Items per epoch for data without a fixed size (fresh draws of a law).")
@@ -91,7 +91,10 @@ def train_command(ctx, **options):
     Under torchrun the ranks split every batch (DistributedDataParallel) and rank 0 alone
     prints and writes.
     """
-    from ..train import TrainSettings, train
+    from pathlib import Path
+
+    from ..errors import OutputError
+    from ..train import TrainSettings, io, train
     from ..train.loop import Trainer
 
     out = options["out"]
@@ -148,6 +151,8 @@ def train_command(ctx, **options):
 
     if not options["resume"] and not settings.data:
         raise click.UsageError("missing --data SPEC (for example --data digits:n_c=10)")
+    if options["resume"] and io.find_state(Path(out)) is None and not _has_files(Path(out)):
+        raise OutputError(f"--resume was given, but {out!r} contains no training run to continue; run without --resume to start a new one")
     def record_options(trainer) -> None:
         # Written before the first step, so an interrupted run folder records how it was started.
         save_options(out, "train", {**options, "resolved": trainer.settings.record()})
@@ -167,6 +172,10 @@ def train_command(ctx, **options):
     click.echo(f"wrote {out} (checkpoint of epoch {trainer.epoch}); measure it with: entropy-probe measure {out} --out RESULT.nc")
 
 
+def _has_files(folder) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def _interrupted(out: str) -> Exception:
     """Build the error of an interrupted training run: what was saved and how to continue."""
     from pathlib import Path
@@ -175,7 +184,7 @@ def _interrupted(out: str) -> Exception:
 
     state = io.find_state(Path(out))
     if state is None:
-        return interrupts.interrupted("train was interrupted before its first epoch ended; nothing was saved; run the same command with --resume to start again")
+        return interrupts.interrupted("train was interrupted before its first epoch ended; nothing was saved; run the same command with --overwrite to start again")
     epoch = io.read_config(state).get("epoch", "?")
     return interrupts.interrupted(
         f"train was interrupted; the state after epoch {epoch} is saved in {str(state)!r}; run the same command "

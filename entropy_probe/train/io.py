@@ -102,7 +102,8 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu") -> t
     if mismatch:
         raise CheckpointError(
             f"{str(directory)!r}: the weights do not fit the {architecture} described by config.json "
-            f"({mismatch}); the config and the weights come from different networks"
+            f"({mismatch}); the config and the weights come from different networks, so restore the config.json "
+            f"written with these weights"
         )
     core.load_state_dict(tensors, strict=True)
     network = ExcessScoreNetwork(core, architecture, process, preconditioning).to(device)
@@ -195,12 +196,38 @@ def _is_run_directory(out: Path) -> bool:
     config = out / CONFIG_NAME
     if (out / STATE_DIR).is_dir() or (out / LOSS_LOG).is_file():
         return True
+    # A run interrupted before its first epoch has only the options record of the train command.
+    if not config.exists() and _options_command(out) == "train":
+        return True
     if config.is_file():
         try:
-            return json.loads(config.read_text()).get("format") == "entropy-probe"
+            recorded = json.loads(config.read_text())
+            return recorded.get("format") == "entropy-probe" and recorded.get("kind") == "network"
         except (OSError, ValueError, AttributeError):
             return False
     return False
+
+
+def _options_command(out: Path) -> Optional[str]:
+    """Return the command recorded in `out`/options.json, or None when there is no readable record."""
+    try:
+        return json.loads((out / "options.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _describe_folder(out: Path) -> str:
+    """Describe a non-empty folder that is no training run, for an error message."""
+    config = out / CONFIG_NAME
+    try:
+        kind = json.loads(config.read_text()).get("kind") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == "oracle":
+        return "an oracle checkpoint, not a training run"
+    if config.is_file():
+        return "a checkpoint that is not the output of 'entropy-probe train'"
+    return "a folder that is not the output of 'entropy-probe train'"
 
 
 def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Path], bool]:
@@ -223,13 +250,13 @@ def check_output(out: Path, resume: bool, overwrite: bool) -> tuple[Optional[Pat
             f"cannot resume: {str(out)!r} has no training state ({STATE_DIR}/); start a new "
             f"run in another --out, or pass --overwrite instead of --resume"
         )
+    if not _is_run_directory(out):
+        raise OutputError(f"output directory {str(out)!r} exists already and is {_describe_folder(out)}; choose another --out")
     if not overwrite:
         raise OutputError(
             f"output directory {str(out)!r} exists already; pass --resume to continue its "
             f"training, --overwrite to replace it, or choose another --out"
         )
-    if not _is_run_directory(out):
-        raise OutputError(f"--overwrite would delete {str(out)!r}, which is not the output of 'entropy-probe train'; choose another --out")
     return None, True
 
 

@@ -170,10 +170,17 @@ def unet_arguments(data_shape: Sequence[int], options: dict[str, Any], num_class
     resolutions = [height // 2**level for level in range(len(channels))]
     attention = sorted({int(r) for r in settings["attention"]}, reverse=True)
     unknown = [r for r in attention if r not in resolutions]
+    if unknown and options.get("attention") is None:
+        usable = ",".join(str(r) for r in attention if r in resolutions) or "none"
+        raise SpecError(
+            f"the --preset {preset_name} U-Net puts self-attention at {sorted(unknown, reverse=True)} pixels, but on "
+            f"{height} × {width} images its resolutions are {resolutions}; give --attention with some of these, "
+            f"for example --attention {usable}"
+        )
     if unknown:
         raise SpecError(
             f"invalid --attention {unknown}: attention resolutions must be among the U-Net's "
-            f"resolutions {resolutions} (in pixels)"
+            f"resolutions {resolutions} (in pixels) for {height} × {width} images; give some of these, or none"
         )
     down = ["AttnDownBlock2D" if r in attention else "DownBlock2D" for r in resolutions]
     up = ["AttnUpBlock2D" if r in attention else "UpBlock2D" for r in reversed(resolutions)]
