@@ -11,7 +11,7 @@ from . import data as data_module
 from .checkpoint import load_oracle
 from .data import DataSource, oracle_source
 from .denoiser import Denoiser
-from .errors import DataError
+from .errors import DataError, SpecError
 from .oracles import Oracle
 from .probe import MeasureSettings, measure
 from .processes import Process, from_spec
@@ -53,6 +53,11 @@ def resolve_data(model: Denoiser, spec: Optional[str]) -> DataSource:
 
 def resolve_reference(model: Denoiser, data: DataSource, reference_dir: Optional[str]) -> Optional[Denoiser]:
     """Return the exact law of the data: --reference, else the data's own oracle, else None."""
+    if reference_dir is not None and not reference_dir.strip():
+        raise SpecError(
+            f"invalid --reference {reference_dir!r}: the path is empty; give an oracle checkpoint directory "
+            "or leave out --reference"
+        )
     if reference_dir:
         return load_oracle(reference_dir)
     return data.reference

@@ -249,6 +249,7 @@ CASES = [
     case("data-parameter-not-integer", M + ("{w}/gmm2", "--data", "gmm:dim=two") + OUT, ("'two' for dim", "expected an integer", "dim=3"), R),
     # --- names, resume and data files --------------------------------------------------------
     case("measure-empty-checkpoint", M + ("",) + OUT, ("CHECKPOINT ''", "empty", "leave it out"), R),
+    case("measure-empty-reference", M + ("{w}/gmm2", "--reference", "") + OUT, ("--reference ''", "empty", "leave out --reference"), R),
     case("train-resume-without-run", ("train", "--data", "gmm:dim=2,n=16", "--resume", "--out", "{w}/{n}"), ("--resume", "'{w}/{n}'", "contains no training run", "without --resume"), "{w}/{n}"),
     case("train-resume-empty-folder", ("train", "--data", "gmm:dim=2,n=16", "--resume", "--out", "{w}/emptydir"), ("'{w}/emptydir'", "no training run", "without --resume"), ()),
     case("train-out-is-oracle", ("train", "--data", "gmm:dim=2,n=16", "--out", "{w}/gmm2"), ("'{w}/gmm2'", "oracle checkpoint", "choose another --out"), ()),
