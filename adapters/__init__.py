@@ -169,9 +169,9 @@ def explain_config(path: Path) -> None:
 
 def reject_options(adapter: str, path: Path, options: dict[str, Any]) -> None:
     """Raise SpecError for loading options that `adapter` does not use, such as --scheduler-config."""
-    given = sorted(name for name, value in options.items() if value is not None)
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+    set_options = sorted(name for name, value in options.items() if value is not None)
+    if set_options:
+        flags = ", ".join("--" + name.replace("_", "-") for name in set_options)
         raise SpecError(f"{flags} does not apply to {str(path)!r}, a checkpoint of the {adapter} adapter; leave it out")
 
 

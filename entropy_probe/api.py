@@ -25,7 +25,6 @@ FALLBACK_PROCESS = "vp"
 def load_model(checkpoint: str, **options: Any) -> Denoiser:
     """Load a checkpoint (path, catalog name or cached hub id) as a Denoiser."""
     from .adapters import load_denoiser
-    from .errors import SpecError
 
     if isinstance(checkpoint, str) and not checkpoint.strip():
         raise SpecError(f"invalid checkpoint {checkpoint!r}: the name is empty; give a checkpoint directory, a catalog name or a hub id")

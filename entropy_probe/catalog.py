@@ -139,8 +139,8 @@ def _require(fields: dict[str, Any], key: str, kind: type | tuple[type, ...], fi
     value = fields[key]
     if not isinstance(value, kind) or isinstance(value, bool):
         expected = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        raise CatalogError(f"catalog file {str(file)!r}: field {key!r} must be {expected}, not {type(value).__name__} {shown}")
+        preview = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise CatalogError(f"catalog file {str(file)!r}: field {key!r} must be {expected}, not {type(value).__name__} {preview}")
     return value
 
 

@@ -39,8 +39,8 @@ def state_path(out: str | Path) -> Path:
 
 def deciding(options: Mapping[str, Any]) -> dict[str, Any]:
     """Return the options that decide the numbers (all but FREE_SETTINGS) as plain JSON values."""
-    kept = {name: value for name, value in options.items() if name not in FREE_SETTINGS}
-    return json.loads(json.dumps(kept, sort_keys=True, default=str))
+    fixed_settings = {name: value for name, value in options.items() if name not in FREE_SETTINGS}
+    return json.loads(json.dumps(fixed_settings, sort_keys=True, default=str))
 
 
 def fingerprint(options: Mapping[str, Any]) -> str:

@@ -600,6 +600,11 @@ def summarize(dataset: xr.Dataset) -> str:
     return "\n".join(header + format_rows(rows) + error_note(dataset) + quadrature_note(dataset))
 
 
+def _clearly_above(amount: float, stderr: float, threshold: float) -> bool:
+    """Return whether `amount` exceeds both `threshold` and three standard errors."""
+    return amount > threshold and amount > 3.0 * stderr
+
+
 #: S_NN above the cross term by more than this fraction (and 3 standard errors) earns a note.
 EXCESS_FRACTION = 0.05
 
@@ -613,7 +618,7 @@ def error_note(dataset: xr.Dataset) -> list[str]:
     s_nn, cross = float(dataset["s_nn"]), float(dataset["cross_term"])
     stderr = math.hypot(float(dataset["s_nn_stderr"]), float(dataset["cross_term_stderr"]))
     excess = s_nn - cross
-    if not (excess > 3.0 * stderr and excess > EXCESS_FRACTION * abs(s_nn)):
+    if not _clearly_above(excess, stderr, EXCESS_FRACTION * abs(s_nn)):
         return []
     return [
         "",
@@ -634,7 +639,7 @@ def quadrature_note(dataset: xr.Dataset) -> list[str]:
     difference = float(dataset["s_nn_quadrature_check"])
     stderr = float(dataset["s_nn_quadrature_check"].attrs.get("stderr", 0.0))
     s_nn = float(dataset["s_nn"])
-    if not (abs(difference) > 3.0 * stderr and abs(difference) > QUADRATURE_FRACTION * abs(s_nn)):
+    if not _clearly_above(abs(difference), stderr, QUADRATURE_FRACTION * abs(s_nn)):
         return []
     return [
         "",

@@ -14,22 +14,20 @@ SEED_LIMIT = 2**63
 SEED_RANGE = "an integer from 0 to 2**63 - 1"
 
 
-def check_seed(value: int, name: str) -> int:
-    """Reject a seed outside [0, 2**63) with one line naming the option `name` and the range."""
-    if not 0 <= value < SEED_LIMIT:
-        raise SpecError(f"invalid {name} {value}; a seed must be {SEED_RANGE}, for example {name} 0")
-    return value
+def seed_in_range(value: int) -> bool:
+    """Return whether `value` is a valid seed, an integer in [0, 2**63)."""
+    return 0 <= value < SEED_LIMIT
 
 
 def parse_seed(text: str) -> int:
-    """Parse a seed parameter of a specification; ValueError outside [0, 2**63)."""
+    """Parse a seed parameter of a specification; raise ValueError outside [0, 2**63)."""
     value = int(text)
-    if not 0 <= value < SEED_LIMIT:
+    if not seed_in_range(value):
         raise ValueError(f"seed {value} out of range")
     return value
 
 
-#: What the error message of a parameter says was expected, by its type.
+#: Description of the expected value in error messages, by parameter type.
 _EXPECTED = {int: "an integer", float: "a number", str: "text", parse_seed: f"a seed, {SEED_RANGE}"}
 
 

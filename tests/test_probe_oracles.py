@@ -91,8 +91,8 @@ def test_ce_bound_with_exact_score(spec, gaussian_params):
 def test_ce_bound_terms_match_closed_forms(spec, gaussian_params):
     """The bound is E[−log π(x_T)] + the process constant + the estimated loss, each term exact.
 
-    The 3-standard-error check above cannot see an error of about 1 % in the bound, because the
-    loss is noisy; here every deterministic term is rebuilt from the process's α and log-SNR.
+    The noisy loss lets the 3-standard-error check above miss an error of about 1 % in the bound.
+    This test rebuilds every deterministic term from the process's α and log-SNR instead.
     """
     mean, std = gaussian_params
     oracle = GaussianOracle(mean, std)

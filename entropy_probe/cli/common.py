@@ -86,8 +86,8 @@ def positive_int(name: str):
 
 def seed_option(ctx, param, value):
     """Click callback that rejects a seed outside [0, 2**63) before any computation."""
-    from ..specs import SEED_LIMIT, SEED_RANGE
+    from ..specs import SEED_RANGE, seed_in_range
 
-    if value is not None and not 0 <= value < SEED_LIMIT:
+    if value is not None and not seed_in_range(value):
         raise click.BadParameter(f"{value} is invalid; a seed must be {SEED_RANGE}, for example --seed 0")
     return value
